@@ -1,0 +1,322 @@
+-- dsevents database schema: the one source of the schema.
+--
+-- dsevents applies this file when it opens a database whose user_version
+-- is older than the version set at the end, inside one transaction.
+-- Every statement is idempotent (IF NOT EXISTS), so applying it again is
+-- harmless.
+--
+-- Conventions:
+--   * Times are ISO-8601 UTC text with milliseconds: 2026-03-01T14:05:09.517Z.
+--   * Booleans are 0/1.
+--   * Event times are stored twice: the normalized UTC value, and the value
+--     as received in a *_text column. DailyStory sends some times without a
+--     zone; those are read as UTC. Its "no date" value (1753-01-01, the SQL
+--     Server minimum) is stored as NULL beside its text.
+--   * Column names are the documented field names in snake_case.
+
+-- One row per accepted HTTP request, whether or not its body could be read.
+-- The raw body is the source of truth; the per-kind tables below are
+-- derived from it and can be rebuilt with `dsevents replay`.
+CREATE TABLE IF NOT EXISTS deliveries (
+    id            INTEGER PRIMARY KEY,
+    received_at   TEXT    NOT NULL,
+    -- The {kind} slug from the URL, also when it is not a known kind.
+    kind          TEXT    NOT NULL,
+    -- The request body byte for byte; NULL once `dsevents prune` or
+    -- `dsevents forget` has removed it.
+    body          BLOB,
+    body_bytes    INTEGER NOT NULL,
+    -- SHA-256 of the body as received; kept when the body is pruned, for
+    -- duplicate detection.
+    body_sha256   BLOB    NOT NULL,
+    content_type  TEXT,
+    -- stored: normalized into the kind's table.
+    -- quarantined: kept, but the body could not be normalized (see error).
+    -- unknown_kind: kept, but the URL names no known kind.
+    outcome       TEXT    NOT NULL
+                  CHECK (outcome IN ('stored', 'quarantined', 'unknown_kind')),
+    error         TEXT,
+    -- The contact id found in the body, if any.
+    dsid          TEXT,
+    -- Set when an identical body of the same kind arrived within the
+    -- duplicate window (a retry by DailyStory): the id of the first copy.
+    duplicate_of  INTEGER REFERENCES deliveries (id),
+    -- When the raw body was removed, and by which command.
+    body_removed_at TEXT,
+    body_removed_by TEXT
+);
+
+CREATE INDEX IF NOT EXISTS deliveries_kind_received ON deliveries (kind, received_at);
+CREATE INDEX IF NOT EXISTS deliveries_fingerprint ON deliveries (body_sha256);
+CREATE INDEX IF NOT EXISTS deliveries_dsid ON deliveries (dsid) WHERE dsid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS deliveries_not_stored ON deliveries (outcome, id)
+    WHERE outcome <> 'stored';
+
+-- Per-kind tables. delivery_id is both the primary key and the link to the
+-- raw delivery, so a delivery has at most one normalized row.
+
+CREATE TABLE IF NOT EXISTS contact_updates (
+    delivery_id                     INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at                     TEXT NOT NULL,
+    dsid                            TEXT,
+    email                           TEXT,
+    mobile_phone                    TEXT,
+    phone                           TEXT,
+    first_name                      TEXT,
+    last_name                       TEXT,
+    salutation                      TEXT,
+    title                           TEXT,
+    company                         TEXT,
+    -- Active, Inactive, Spam or Deleted.
+    status                          TEXT,
+    opt_out                         INTEGER,
+    city                            TEXT,
+    region                          TEXT,
+    country                         TEXT,
+    postal_code                     TEXT,
+    address                         TEXT,
+    geo_code                        TEXT,
+    timezone                        TEXT,
+    gender                          INTEGER,
+    date_birth                      TEXT,
+    date_birth_text                 TEXT,
+    date_contact_created            TEXT,
+    date_contact_created_text       TEXT,
+    timestamp_created               TEXT,
+    timestamp_created_text          TEXT,
+    date_contact_last_modified      TEXT,
+    date_contact_last_modified_text TEXT,
+    date_first_seen                 TEXT,
+    date_first_seen_text            TEXT,
+    date_last_seen                  TEXT,
+    date_last_seen_text             TEXT,
+    date_last_contacted             TEXT,
+    date_last_contacted_text        TEXT,
+    account_id                      INTEGER,
+    -- The tenant's custom fields as a JSON object.
+    extended_properties             TEXT
+);
+CREATE INDEX IF NOT EXISTS contact_updates_dsid ON contact_updates (dsid, received_at);
+
+-- The body's shape is undocumented: dsevents accepts an array of
+-- [exception, original] or an object with exception and original members.
+CREATE TABLE IF NOT EXISTS contact_update_failures (
+    delivery_id   INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at   TEXT NOT NULL,
+    dsid          TEXT,
+    -- The exception's Message member.
+    error_message TEXT,
+    exception     TEXT,
+    original      TEXT
+);
+
+CREATE TABLE IF NOT EXISTS leads_created (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    lead_id     INTEGER,
+    dsid        TEXT
+);
+CREATE INDEX IF NOT EXISTS leads_created_lead ON leads_created (lead_id);
+
+CREATE TABLE IF NOT EXISTS lead_status_changes (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    lead_id     INTEGER,
+    dsid        TEXT,
+    status      TEXT
+);
+CREATE INDEX IF NOT EXISTS lead_status_changes_lead
+    ON lead_status_changes (lead_id, received_at, delivery_id);
+CREATE INDEX IF NOT EXISTS lead_status_changes_dsid ON lead_status_changes (dsid);
+
+CREATE TABLE IF NOT EXISTS contact_status_changes (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    dsid        TEXT,
+    status      TEXT
+);
+CREATE INDEX IF NOT EXISTS contact_status_changes_dsid ON contact_status_changes (dsid);
+
+CREATE TABLE IF NOT EXISTS link_clicks (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    link_id     TEXT
+);
+CREATE INDEX IF NOT EXISTS link_clicks_link ON link_clicks (link_id);
+
+CREATE TABLE IF NOT EXISTS text_replies (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    dsid        TEXT,
+    mobile      TEXT,
+    message     TEXT
+);
+CREATE INDEX IF NOT EXISTS text_replies_dsid ON text_replies (dsid);
+
+CREATE TABLE IF NOT EXISTS email_bounces (
+    delivery_id       INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at       TEXT NOT NULL,
+    dsid              TEXT,
+    email             TEXT,
+    bounced_at        TEXT,
+    date_text         TEXT,
+    message_id        TEXT,
+    -- 1 when the recipient marked the email as spam.
+    is_spam_complaint INTEGER,
+    reason            TEXT,
+    -- The part of email after the last @, lowercased, for --domain.
+    email_domain      TEXT GENERATED ALWAYS AS
+                      (CASE WHEN instr(email, '@') > 0
+                            THEN lower(substr(email, length(rtrim(email, replace(email, '@', ''))) + 1))
+                       END) VIRTUAL
+);
+CREATE INDEX IF NOT EXISTS email_bounces_received ON email_bounces (received_at);
+CREATE INDEX IF NOT EXISTS email_bounces_domain ON email_bounces (email_domain, received_at);
+CREATE INDEX IF NOT EXISTS email_bounces_dsid ON email_bounces (dsid);
+
+CREATE TABLE IF NOT EXISTS email_opt_outs (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    dsid        TEXT,
+    email       TEXT
+);
+CREATE TABLE IF NOT EXISTS sms_opt_outs (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    dsid        TEXT,
+    mobile      TEXT
+);
+CREATE TABLE IF NOT EXISTS phone_opt_outs (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    dsid        TEXT
+);
+CREATE TABLE IF NOT EXISTS email_opt_ins (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    dsid        TEXT,
+    email       TEXT
+);
+CREATE TABLE IF NOT EXISTS sms_opt_ins (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    dsid        TEXT,
+    mobile      TEXT
+);
+CREATE TABLE IF NOT EXISTS phone_opt_ins (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    dsid        TEXT
+);
+CREATE INDEX IF NOT EXISTS email_opt_outs_dsid ON email_opt_outs (dsid);
+CREATE INDEX IF NOT EXISTS sms_opt_outs_dsid ON sms_opt_outs (dsid);
+CREATE INDEX IF NOT EXISTS phone_opt_outs_dsid ON phone_opt_outs (dsid);
+CREATE INDEX IF NOT EXISTS email_opt_ins_dsid ON email_opt_ins (dsid);
+CREATE INDEX IF NOT EXISTS sms_opt_ins_dsid ON sms_opt_ins (dsid);
+CREATE INDEX IF NOT EXISTS phone_opt_ins_dsid ON phone_opt_ins (dsid);
+
+CREATE TABLE IF NOT EXISTS webform_submissions (
+    delivery_id  INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at  TEXT NOT NULL,
+    webform_id   TEXT,
+    webform_name TEXT,
+    lead_id      INTEGER,
+    dsid         TEXT
+);
+CREATE INDEX IF NOT EXISTS webform_submissions_dsid ON webform_submissions (dsid);
+
+CREATE TABLE IF NOT EXISTS segments_created (
+    delivery_id  INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at  TEXT NOT NULL,
+    segment_id   TEXT,
+    name         TEXT,
+    description  TEXT,
+    segment_type TEXT,
+    is_call_list INTEGER
+);
+
+CREATE TABLE IF NOT EXISTS segments_updated (
+    delivery_id  INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at  TEXT NOT NULL,
+    segment_id   TEXT,
+    name         TEXT,
+    status       TEXT,
+    description  TEXT,
+    segment_type TEXT,
+    is_call_list INTEGER
+);
+
+CREATE TABLE IF NOT EXISTS users_created (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries (id),
+    received_at TEXT NOT NULL,
+    email       TEXT,
+    user_uid    TEXT
+);
+
+-- One row per `dsevents forget` run: when, which kind of identifier, and
+-- how many rows it erased. The identifier itself is not recorded.
+CREATE TABLE IF NOT EXISTS erasure_requests (
+    id              INTEGER PRIMARY KEY,
+    requested_at    TEXT NOT NULL,
+    identifier_type TEXT NOT NULL CHECK (identifier_type IN ('dsid', 'email', 'mobile')),
+    -- JSON object: table name to number of rows erased or blanked.
+    erased          TEXT NOT NULL
+);
+
+-- Views for the common questions. They leave out duplicate deliveries
+-- (retries of a body already received), so a retried opt-out or bounce
+-- counts once.
+
+-- Every opt-out on every channel. address is the email or mobile number
+-- the event named (NULL for phone calls).
+DROP VIEW IF EXISTS opt_outs;
+CREATE VIEW opt_outs AS
+SELECT 'email' AS channel, o.delivery_id, o.received_at, o.dsid, o.email AS address
+  FROM email_opt_outs o JOIN deliveries d ON d.id = o.delivery_id AND d.duplicate_of IS NULL
+UNION ALL
+SELECT 'sms', o.delivery_id, o.received_at, o.dsid, o.mobile
+  FROM sms_opt_outs o JOIN deliveries d ON d.id = o.delivery_id AND d.duplicate_of IS NULL
+UNION ALL
+SELECT 'phone', o.delivery_id, o.received_at, o.dsid, NULL
+  FROM phone_opt_outs o JOIN deliveries d ON d.id = o.delivery_id AND d.duplicate_of IS NULL;
+
+-- Every opt-out and opt-in, with action 'opt-out' or 'opt-in'.
+DROP VIEW IF EXISTS consent_changes;
+CREATE VIEW consent_changes AS
+SELECT 'opt-out' AS action, channel, delivery_id, received_at, dsid, address FROM opt_outs
+UNION ALL
+SELECT 'opt-in', 'email', o.delivery_id, o.received_at, o.dsid, o.email
+  FROM email_opt_ins o JOIN deliveries d ON d.id = o.delivery_id AND d.duplicate_of IS NULL
+UNION ALL
+SELECT 'opt-in', 'sms', o.delivery_id, o.received_at, o.dsid, o.mobile
+  FROM sms_opt_ins o JOIN deliveries d ON d.id = o.delivery_id AND d.duplicate_of IS NULL
+UNION ALL
+SELECT 'opt-in', 'phone', o.delivery_id, o.received_at, o.dsid, NULL
+  FROM phone_opt_ins o JOIN deliveries d ON d.id = o.delivery_id AND d.duplicate_of IS NULL;
+
+-- Each contact's latest consent change per channel: consent is 'opted-out'
+-- or 'opted-in'. An opt-in received after an opt-out cancels it. Contacts
+-- are keyed by dsid, or by address when the event carried no dsid.
+DROP VIEW IF EXISTS current_consent;
+CREATE VIEW current_consent AS
+SELECT contact, channel, dsid, address,
+       CASE action WHEN 'opt-out' THEN 'opted-out' ELSE 'opted-in' END AS consent,
+       received_at AS changed_at, delivery_id
+  FROM (SELECT c.*, coalesce(c.dsid, c.address) AS contact,
+               row_number() OVER (PARTITION BY coalesce(c.dsid, c.address), c.channel
+                                  ORDER BY c.received_at DESC, c.delivery_id DESC) AS newest
+          FROM consent_changes c)
+ WHERE newest = 1;
+
+-- Every lead status change, oldest first per lead, with the status before it
+-- (NULL for the first change received).
+DROP VIEW IF EXISTS lead_status_history;
+CREATE VIEW lead_status_history AS
+SELECT s.lead_id, s.dsid,
+       lag(s.status) OVER (PARTITION BY s.lead_id ORDER BY s.received_at, s.delivery_id)
+           AS previous_status,
+       s.status, s.received_at AS changed_at, s.delivery_id
+  FROM lead_status_changes s
+  JOIN deliveries d ON d.id = s.delivery_id AND d.duplicate_of IS NULL;
+
+PRAGMA user_version = 1;

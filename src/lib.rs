@@ -1,0 +1,26 @@
+//! dsevents receives DailyStory webhooks over HTTP, keeps every delivery in
+//! SQLite and answers report questions from the command line.
+//!
+//! The path of a delivery:
+//!
+//! 1. `http` reads the request from the socket with bounded size and time,
+//!    and rejects bad framing.
+//! 2. `server` routes it, checks the token and body size, and builds a
+//!    `store::Delivery`, which runs `normalize` on the body for the kind
+//!    named in the URL (`catalog` lists every kind, its table and fields).
+//! 3. `writer` commits waiting deliveries together in one transaction
+//!    (group commit) through `store`, and only then lets each handler answer.
+//!
+//! `query` and `output` answer the report commands; `cli` defines the
+//! command line; `time` reads and writes times.
+
+pub mod catalog;
+pub mod cli;
+pub mod http;
+pub mod normalize;
+pub mod output;
+pub mod query;
+pub mod server;
+pub mod store;
+pub mod time;
+pub mod writer;

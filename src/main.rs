@@ -1,0 +1,33 @@
+//! The `dsevents` binary: parses the command line, runs the command, and
+//! turns its error into one `dsevents: ` line and an exit code.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 usage error (clap's own
+//! errors, and `UsageError` from the commands).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use dsevents::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => dsevents::server::run(args),
+        Command::Query(command) => dsevents::query::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let mut message = format!("dsevents: {error}");
+            for cause in error.chain().skip(1) {
+                message.push_str(&format!(": {cause}"));
+            }
+            eprintln!("{message}");
+            if error.is::<dsevents::cli::UsageError>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The SQLite store: opening a database with the settings every command
+//! relies on, applying `schema.sql`, and writing one delivery.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{self, Kind};
+use crate::normalize::{self, Row};
+
+/// The schema, applied when a database's user_version is below `SCHEMA_VERSION`.
+pub const SCHEMA_SQL: &str = include_str!("../schema.sql");
+/// The `PRAGMA user_version` that `schema.sql` sets.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a connection waits for another writer's lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens or creates the database at `path` for `serve`, and brings its
+/// schema up to date.
+pub fn open_or_create(path: &Path) -> anyhow::Result<Connection> {
+    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!(
+                "the directory of database {} does not exist; create it or pass another --db path",
+                path.display()
+            );
+        }
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    prepare_connection(&connection, path)?;
+    Ok(connection)
+}
+
+/// Opens an existing database for a command that reads or edits it. A
+/// missing file is an error naming the path, never a new empty database.
+pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
+    if !path.exists() {
+        bail!(
+            "database {} not found; pass --db PATH (or set DSEVENTS_DB) to the file `dsevents serve` writes",
+            path.display()
+        );
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    prepare_connection(&connection, path)?;
+    Ok(connection)
+}
+
+fn prepare_connection(connection: &Connection, path: &Path) -> anyhow::Result<()> {
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL lets readers (queries, sqlite3, Datasette) run beside the writer.
+    // synchronous=FULL syncs the WAL on every commit, so a commit that has
+    // returned survives power loss; `serve` answers only after that commit.
+    let mode: String = connection
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .with_context(|| format!("cannot use database {}: is it a SQLite file?", path.display()))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        bail!("database {} cannot use WAL journaling (got {mode})", path.display());
+    }
+    // Checkpoints run automatically every 1000 WAL pages (SQLite's default).
+    // A long reader can hold the WAL from being reset; once it ends, the
+    // next checkpoint resets it and the file is truncated to this limit.
+    connection.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA journal_size_limit = 67108864;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    migrate(connection, path)
+}
+
+/// Applies `schema.sql` in one transaction when the file's user_version is
+/// older than this build's.
+fn migrate(connection: &Connection, path: &Path) -> anyhow::Result<()> {
+    let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        bail!(
+            "database {} has schema version {version}, newer than this dsevents (version {SCHEMA_VERSION}); upgrade dsevents",
+            path.display()
+        );
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    connection
+        .execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA_SQL}; COMMIT;"))
+        .with_context(|| format!("cannot apply the schema to database {}", path.display()))
+        .inspect_err(|_| {
+            // A failed batch can leave its transaction open.
+            let _ = connection.execute_batch("ROLLBACK");
+        })?;
+    Ok(())
+}
+
+/// What a delivery turned out to be, decided before it reaches the writer.
+#[derive(Debug, Clone)]
+pub enum Parsed {
+    Stored(&'static Kind, Row),
+    Quarantined(String),
+    UnknownKind,
+}
+
+/// A delivery read and normalized, ready to be written.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub received_at: String,
+    pub kind: String,
+    pub body: Vec<u8>,
+    pub content_type: Option<String>,
+    pub sha256: [u8; 32],
+    pub parsed: Parsed,
+}
+
+impl Delivery {
+    /// Normalizes `body` for the kind slug `kind`. Never fails: a body that
+    /// cannot be normalized becomes a quarantined delivery.
+    pub fn new(kind: &str, body: Vec<u8>, content_type: Option<String>, received_at: String) -> Delivery {
+        let parsed = match catalog::by_slug(kind) {
+            None => Parsed::UnknownKind,
+            Some(known) => match normalize::normalize(known, &body) {
+                Ok(row) => Parsed::Stored(known, row),
+                Err(reason) => Parsed::Quarantined(reason),
+            },
+        };
+        let sha256 = Sha256::digest(&body).into();
+        Delivery { received_at, kind: kind.to_string(), body, content_type, sha256, parsed }
+    }
+
+    pub fn outcome(&self) -> &'static str {
+        match self.parsed {
+            Parsed::Stored(..) => "stored",
+            Parsed::Quarantined(_) => "quarantined",
+            Parsed::UnknownKind => "unknown_kind",
+        }
+    }
+
+    /// The reason the body was not normalized, for quarantined and unknown kinds.
+    pub fn reason(&self) -> Option<String> {
+        match &self.parsed {
+            Parsed::Stored(..) => None,
+            Parsed::Quarantined(reason) => Some(reason.clone()),
+            Parsed::UnknownKind => Some(format!(
+                "unknown kind '{}'; the known kinds are {}",
+                self.kind,
+                catalog::slug_list()
+            )),
+        }
+    }
+
+    fn dsid(&self) -> Option<&str> {
+        match &self.parsed {
+            Parsed::Stored(_, row) => row.dsid.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// A delivery as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    pub id: i64,
+    pub duplicate_of: Option<i64>,
+}
+
+/// Writes a delivery and its normalized row inside `tx`.
+///
+/// `duplicate_window_ms` is how far back an identical body of the same kind
+/// makes this one a duplicate (a retry). An identical body is not a retry
+/// when another delivery for the same contact arrived in between, such as
+/// an opt-in between two identical opt-outs.
+pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, duplicate_window_ms: i64) -> rusqlite::Result<Receipt> {
+    let duplicate_of = find_original(tx, delivery, duplicate_window_ms)?;
+    tx.prepare_cached(
+        "INSERT INTO deliveries
+             (received_at, kind, body, body_bytes, body_sha256, content_type, outcome, error, dsid, duplicate_of)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        delivery.received_at,
+        delivery.kind,
+        delivery.body,
+        delivery.body.len() as i64,
+        &delivery.sha256[..],
+        delivery.content_type,
+        delivery.outcome(),
+        delivery.reason(),
+        delivery.dsid(),
+        duplicate_of,
+    ])?;
+    let id = tx.last_insert_rowid();
+
+    if let Parsed::Stored(kind, row) = &delivery.parsed {
+        insert_row(tx, kind, id, &delivery.received_at, row)?;
+    }
+    Ok(Receipt { id, duplicate_of })
+}
+
+/// Writes (or rewrites) the normalized row of delivery `id`.
+pub fn insert_row(tx: &Connection, kind: &Kind, id: i64, received_at: &str, row: &Row) -> rusqlite::Result<()> {
+    let sql = insert_sql(kind);
+    let mut statement = tx.prepare_cached(&sql)?;
+    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(row.values.len() + 2);
+    values.push(&id);
+    values.push(&received_at);
+    for value in &row.values {
+        values.push(value);
+    }
+    statement.execute(values.as_slice())?;
+    Ok(())
+}
+
+/// Builds a kind's insert statement from the catalogue's column names,
+/// which are constants, never request data.
+fn insert_sql(kind: &Kind) -> String {
+    let columns = kind.columns();
+    let placeholders: Vec<String> = (1..=columns.len() + 2).map(|n| format!("?{n}")).collect();
+    format!(
+        "INSERT OR REPLACE INTO {} (delivery_id, received_at, {}) VALUES ({})",
+        kind.table,
+        columns.join(", "),
+        placeholders.join(", ")
+    )
+}
+
+fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusqlite::Result<Option<i64>> {
+    if window_ms <= 0 {
+        return Ok(None);
+    }
+    let since = chrono::DateTime::parse_from_rfc3339(&delivery.received_at)
+        .map(|time| crate::time::format_utc(time.to_utc() - chrono::Duration::milliseconds(window_ms)))
+        .unwrap_or_default();
+    let original: Option<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM deliveries
+              WHERE body_sha256 = ?1 AND kind = ?2 AND received_at >= ?3 AND duplicate_of IS NULL
+              ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row(params![&delivery.sha256[..], delivery.kind, since], |row| row.get(0))
+        .optional()?;
+    let (Some(original), Some(dsid)) = (original, delivery.dsid()) else {
+        return Ok(original);
+    };
+    let changed_since: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM deliveries WHERE dsid = ?1 AND id > ?2 AND body_sha256 <> ?3)")?
+        .query_row(params![dsid, original, &delivery.sha256[..]], |row| row.get(0))?;
+    Ok(if changed_since { None } else { Some(original) })
+}
