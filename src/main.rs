@@ -11,6 +11,7 @@ use dsevents::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
         Command::Serve(args) => dsevents::server::run(args),
         Command::Query(command) => dsevents::query::run(command),

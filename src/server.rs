@@ -1,4 +1,392 @@
-//! The `serve` command.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {}
-pub fn run(_args: ServeArgs) -> anyhow::Result<()> { anyhow::bail!("not built yet") }
+//! The `serve` command: routes, authentication and answers, on top of the
+//! connection handling in `http` and the group-commit `writer`.
+//!
+//! Answers: 200 stored, 202 kept but not normalized, 401 bad token, 403
+//! source address not allowed, 404 unknown route, 405 wrong method, 413 body
+//! too large, 503 store unavailable. Nothing is stored for a 4xx answer.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use ipnet::IpNet;
+use log::{debug, info};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::catalog;
+use crate::cli::{DbArg, UsageError};
+use crate::http::{self, Handler, Head, Limits, Response};
+use crate::store::{self, Delivery, Parsed};
+use crate::writer::{Writer, WriterConfig, WriterHandle};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on. Use 0.0.0.0:8080 to accept other
+    /// hosts, which requires --token.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub db: DbArg,
+
+    /// Shared secret that senders must give as ?token=SECRET in the URL or
+    /// as "Authorization: Bearer SECRET".
+    #[arg(long, env = "DSEVENTS_TOKEN", hide_env_values = true, value_name = "SECRET")]
+    pub token: Option<String>,
+
+    /// Accept deliveries without a token on a non-loopback address.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+
+    /// Accept requests only from this network (such as 203.0.113.0/24 or
+    /// 2001:db8::/32; a bare address means that one host); repeatable.
+    /// Others are answered 403.
+    #[arg(long = "allow-from", value_name = "CIDR", value_parser = parse_network)]
+    pub allow_from: Vec<IpNet>,
+
+    /// Largest accepted body, in bytes; K, KiB, M and MiB suffixes are
+    /// accepted. Larger bodies are answered 413 and not stored.
+    #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = parse_size)]
+    pub max_body: usize,
+
+    /// A body identical to one received this long ago or less, for the same
+    /// kind, is stored and marked as its duplicate (s, m, h, d; 0 disables).
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_window)]
+    pub duplicate_window: chrono::Duration,
+
+    /// Connections served at once; more are answered 503.
+    #[arg(long, default_value_t = 1024, value_name = "COUNT")]
+    pub max_connections: usize,
+
+    /// Seconds a client may take to send a request's headers, and again
+    /// its body, before it gets 408.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub read_timeout: u64,
+
+    /// Seconds a kept-alive connection may stay idle between requests.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub idle_timeout: u64,
+
+    /// Most deliveries committed in one transaction.
+    #[arg(long, default_value_t = 256, value_name = "COUNT")]
+    pub max_batch: usize,
+}
+
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    if let Ok(network) = text.parse::<IpNet>() {
+        return Ok(network);
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("'{text}' is not a network; expected CIDR such as 203.0.113.0/24 or an address"))
+}
+
+/// Reads a byte size such as `1048576`, `512K`, `512KiB`, `1M` or `1MiB`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size; expected bytes such as 1048576, 512KiB or 1MiB"))?;
+    let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        _ => return Err(format!("'{text}' has an unknown unit; use K, KiB, M or MiB")),
+    };
+    number
+        .checked_mul(multiplier)
+        .filter(|size| *size > 0)
+        .ok_or_else(|| format!("'{text}' is not a usable size; give a positive number of bytes"))
+}
+
+fn parse_window(text: &str) -> Result<chrono::Duration, String> {
+    if text.trim() == "0" {
+        return Ok(chrono::Duration::zero());
+    }
+    crate::time::parse_duration(text)
+}
+
+/// Runs `serve` until SIGTERM or SIGINT.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.token.is_none() && !args.listen.ip().is_loopback() && !args.allow_unauthenticated {
+        return Err(UsageError(format!(
+            "refusing to listen on {} without a token; set --token (or DSEVENTS_TOKEN), \
+             or pass --allow-unauthenticated to accept anyone's deliveries",
+            args.listen
+        ))
+        .into());
+    }
+    if args.token.as_deref() == Some("") {
+        return Err(UsageError("--token is empty; give a secret or leave the option out".to_string()).into());
+    }
+
+    let path = args.db.db.clone();
+    let connection = store::open_or_create(&path)?;
+    let health = store::open_existing(&path)?;
+    let listener = TcpListener::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+
+    let writer = Writer::start(
+        connection,
+        WriterConfig {
+            max_batch: args.max_batch.max(1),
+            duplicate_window_ms: args.duplicate_window.num_milliseconds(),
+            reply_timeout: Duration::from_secs(30),
+        },
+        Box::new(|_batch_size| {}),
+    )?;
+
+    let app = Arc::new(App {
+        token: args.token.as_deref().map(token_digest),
+        allow_from: args.allow_from.clone(),
+        writer: writer.handle(),
+        health: Mutex::new(health),
+        path: path.clone(),
+    });
+    let limits = Limits {
+        max_body: args.max_body,
+        max_header_bytes: 16 * 1024,
+        header_timeout: Duration::from_secs(args.read_timeout),
+        body_timeout: Duration::from_secs(args.read_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        write_timeout: Duration::from_secs(args.read_timeout),
+        max_connections: args.max_connections.max(1),
+    };
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    watch_signals(Arc::clone(&shutdown), address)?;
+
+    info!(
+        "serve started: address=http://{address} database={} kinds={} auth={}",
+        path.display(),
+        catalog::KINDS.len(),
+        if args.token.is_some() { "token" } else { "none" },
+    );
+    // The one line on stdout, so scripts and tests can learn the port.
+    println!("dsevents listening on http://{address}");
+
+    http::serve(listener, app, limits, shutdown, Duration::from_secs(20))?;
+    writer.stop();
+    info!("serve stopped");
+    Ok(())
+}
+
+/// Sets `shutdown` on the first SIGTERM or SIGINT and wakes the listener;
+/// exits at once on the second.
+fn watch_signals(shutdown: Arc<AtomicBool>, address: SocketAddr) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    std::thread::Builder::new().name("signals".to_string()).spawn(move || {
+        for signal in signals.forever() {
+            if shutdown.swap(true, Ordering::SeqCst) {
+                log::warn!("second signal {signal}: exiting without waiting");
+                std::process::exit(130);
+            }
+            info!("signal {signal}: finishing requests in flight, then stopping");
+            http::wake_listener(address);
+        }
+    })?;
+    Ok(())
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+struct App {
+    /// SHA-256 of the token; comparing digests in constant time hides both
+    /// the content and the length of the secret.
+    token: Option<[u8; 32]>,
+    allow_from: Vec<IpNet>,
+    writer: WriterHandle,
+    /// A reader connection for /healthz.
+    health: Mutex<rusqlite::Connection>,
+    path: PathBuf,
+}
+
+enum Route<'a> {
+    Hook(&'a str),
+    Health,
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    if path == "/healthz" {
+        return Some(Route::Health);
+    }
+    let slug = path.strip_prefix("/hooks/")?;
+    let slug = slug.strip_suffix('/').unwrap_or(slug);
+    let valid = !slug.is_empty()
+        && slug.len() <= 64
+        && slug.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    valid.then_some(Route::Hook(slug))
+}
+
+impl App {
+    fn authorized(&self, head: &Head) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        let from_query = head
+            .query
+            .as_deref()
+            .into_iter()
+            .flat_map(|query| query.split('&'))
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(name, _)| *name == "token")
+            .map(|(_, value)| percent_decode(value));
+        let from_header = head
+            .header("authorization")
+            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+            .map(|token| token.trim().as_bytes().to_vec());
+
+        let mut matched = subtle::Choice::from(0);
+        for candidate in from_query.chain(from_header) {
+            let digest: [u8; 32] = Sha256::digest(&candidate).into();
+            matched |= digest.ct_eq(expected);
+        }
+        matched.into()
+    }
+
+    fn health(&self) -> Response {
+        let connection = match self.health.lock() {
+            Ok(connection) => connection,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match connection.query_row("SELECT count(*) FROM deliveries WHERE id = (SELECT max(id) FROM deliveries)", [], |row| {
+            row.get::<_, i64>(0)
+        }) {
+            Ok(_) => Response::json(200, &json!({ "status": "ok", "database": self.path.display().to_string() })),
+            Err(cause) => Response::error(503, &format!("database unreachable: {cause}")),
+        }
+    }
+}
+
+impl Handler for App {
+    fn check(&self, head: &Head) -> Result<(), Response> {
+        if !self.allow_from.is_empty() && !self.allow_from.iter().any(|network| network.contains(&head.peer.ip())) {
+            return Err(Response::error(403, &format!("source address {} is not allowed", head.peer.ip())));
+        }
+        match route(&head.path) {
+            None => Err(Response::error(404, "not found; deliveries go to POST /hooks/{kind}")),
+            Some(Route::Health) => match head.method.as_str() {
+                "GET" | "HEAD" => Ok(()),
+                _ => Err(Response::error(405, "use GET for /healthz").with_header("Allow", "GET, HEAD")),
+            },
+            Some(Route::Hook(_)) if head.method != "POST" => {
+                Err(Response::error(405, "use POST to deliver a webhook").with_header("Allow", "POST"))
+            }
+            Some(Route::Hook(_)) if !self.authorized(head) => Err(Response::error(
+                401,
+                "missing or invalid token; add ?token=SECRET to the webhook URL or send Authorization: Bearer SECRET",
+            )),
+            Some(Route::Hook(_)) => Ok(()),
+        }
+    }
+
+    fn handle(&self, head: &Head, body: Vec<u8>) -> Response {
+        let slug = match route(&head.path) {
+            Some(Route::Health) => return self.health(),
+            Some(Route::Hook(slug)) => slug,
+            None => return Response::error(404, "not found"),
+        };
+
+        let content_type = head.header("content-type").map(str::to_string);
+        let delivery = Delivery::new(slug, body, content_type, crate::time::now_text());
+        let stored = matches!(delivery.parsed, Parsed::Stored(..));
+        let reason = delivery.reason();
+        let outcome = delivery.outcome();
+
+        match self.writer.write(delivery) {
+            Ok(receipt) => {
+                let mut answer = json!({ "id": receipt.id, "kind": slug, "outcome": outcome });
+                if let Some(original) = receipt.duplicate_of {
+                    answer["duplicate_of"] = json!(original);
+                }
+                if let Some(reason) = reason {
+                    debug!("delivery {} kept as {outcome}: {reason}", receipt.id);
+                    answer["reason"] = json!(reason);
+                }
+                Response::json(if stored { 200 } else { 202 }, &answer)
+            }
+            Err(reason) => Response::error(503, &reason).with_header("Retry-After", "5"),
+        }
+    }
+
+    fn record(&self, head: Option<&Head>, status: u16, body_bytes: usize, elapsed: Duration) {
+        // The path only: the query string can carry the token.
+        let (method, path) = head.map_or(("-", "-"), |head| (head.method.as_str(), head.path.as_str()));
+        debug!(
+            "request method={method} path={path} status={status} bytes={body_bytes} ms={:.3}",
+            elapsed.as_secs_f64() * 1000.0
+        );
+    }
+}
+
+/// Decodes %XX escapes and `+` in a query value.
+fn percent_decode(text: &str) -> Vec<u8> {
+    fn hex_value(byte: u8) -> Option<u8> {
+        (byte as char).to_digit(16).map(|digit| digit as u8)
+    }
+
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = match (bytes[index], bytes.get(index + 1), bytes.get(index + 2)) {
+            (b'%', Some(high), Some(low)) => hex_value(*high).zip(hex_value(*low)),
+            _ => None,
+        };
+        match (escaped, bytes[index]) {
+            (Some((high, low)), _) => {
+                decoded.push(high * 16 + low);
+                index += 3;
+            }
+            (None, b'+') => {
+                decoded.push(b' ');
+                index += 1;
+            }
+            (None, byte) => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    decoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(parse_size("512K"), Ok(512 * 1024));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("1GB").unwrap_err().contains("'1GB'"));
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Bb+c%zz"), b"a+b c%zz".to_vec());
+        assert_eq!(percent_decode("abc%4"), b"abc%4".to_vec());
+    }
+
+    #[test]
+    fn routes() {
+        assert!(matches!(route("/hooks/email-bounced"), Some(Route::Hook("email-bounced"))));
+        assert!(matches!(route("/hooks/email-bounced/"), Some(Route::Hook("email-bounced"))));
+        assert!(route("/hooks/").is_none());
+        assert!(route("/hooks/a/b").is_none());
+        assert!(route("/other").is_none());
+    }
+}
