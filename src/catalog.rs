@@ -317,3 +317,34 @@ pub fn by_slug(slug: &str) -> Option<&'static Kind> {
 pub fn slug_list() -> String {
     KINDS.iter().map(|kind| kind.slug).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every catalogue column exists in schema.sql, in the same order, after
+    /// delivery_id and received_at.
+    #[test]
+    fn catalogue_matches_schema() {
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        connection.execute_batch(crate::store::SCHEMA_SQL).unwrap();
+        for kind in KINDS {
+            let mut statement = connection.prepare(&format!("PRAGMA table_info({})", kind.table)).unwrap();
+            let columns: Vec<String> = statement.query_map([], |row| row.get(1)).unwrap().map(Result::unwrap).collect();
+            let mut expected = vec!["delivery_id", "received_at"];
+            expected.extend(kind.columns());
+            assert_eq!(columns, expected, "table {}", kind.table);
+        }
+    }
+
+    #[test]
+    fn slugs_and_tables_are_unique() {
+        for (index, kind) in KINDS.iter().enumerate() {
+            for other in &KINDS[index + 1..] {
+                assert_ne!(kind.slug, other.slug);
+                assert_ne!(kind.table, other.table);
+            }
+        }
+        assert_eq!(KINDS.len(), 18);
+    }
+}
