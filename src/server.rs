@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -134,6 +134,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
 
+    let batches = Arc::new(BatchStats::default());
+    let observed = Arc::clone(&batches);
     let writer = Writer::start(
         connection,
         WriterConfig {
@@ -141,7 +143,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             duplicate_window_ms: args.duplicate_window.num_milliseconds(),
             reply_timeout: Duration::from_secs(30),
         },
-        Box::new(|_batch_size| {}),
+        Box::new(move |size| observed.add(size)),
     )?;
 
     let app = Arc::new(App {
@@ -175,8 +177,36 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     http::serve(listener, app, limits, shutdown, Duration::from_secs(20))?;
     writer.stop();
-    info!("serve stopped");
+    info!("serve stopped: {}", batches.summary());
     Ok(())
+}
+
+/// Counts of the writer's committed transactions, logged at shutdown so that
+/// a load test can see how much group commit grouped.
+#[derive(Default)]
+struct BatchStats {
+    transactions: AtomicU64,
+    deliveries: AtomicU64,
+    largest: AtomicU64,
+}
+
+impl BatchStats {
+    fn add(&self, size: usize) {
+        let size = size as u64;
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.deliveries.fetch_add(size, Ordering::Relaxed);
+        self.largest.fetch_max(size, Ordering::Relaxed);
+    }
+
+    fn summary(&self) -> String {
+        let transactions = self.transactions.load(Ordering::Relaxed);
+        let deliveries = self.deliveries.load(Ordering::Relaxed);
+        let mean = if transactions == 0 { 0.0 } else { deliveries as f64 / transactions as f64 };
+        format!(
+            "writer committed {deliveries} deliveries in {transactions} transactions (mean {mean:.1}, largest {})",
+            self.largest.load(Ordering::Relaxed)
+        )
+    }
 }
 
 /// Sets `shutdown` on the first SIGTERM or SIGINT and wakes the listener;
