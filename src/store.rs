@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OpenFlags, Transaction};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{self, Kind};
@@ -228,12 +228,13 @@ fn insert_sql(kind: &Kind) -> String {
     )
 }
 
-/// The newest earlier copy of a body of the same kind within the window. It
-/// runs on every insert, so it must search `deliveries_fingerprint`; a test
-/// checks the plan.
-const FIND_ORIGINAL_SQL: &str = "SELECT id FROM deliveries
-  WHERE body_sha256 = ?1 AND kind = ?2 AND received_at >= ?3 AND duplicate_of IS NULL
-  ORDER BY id DESC LIMIT 1";
+/// The newest earlier copy of a body of the same kind within the window, or
+/// NULL. It runs on every insert, so it must search `deliveries_fingerprint`
+/// (a test checks the plan). `max(id)` rather than `ORDER BY id DESC LIMIT
+/// 1` because the latter sorted the matches in a temporary b-tree, which
+/// SQLite creates and zeroes a page for even when nothing matches.
+const FIND_ORIGINAL_SQL: &str = "SELECT max(id) FROM deliveries
+  WHERE body_sha256 = ?1 AND kind = ?2 AND received_at >= ?3 AND duplicate_of IS NULL";
 
 fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusqlite::Result<Option<i64>> {
     if window_ms <= 0 {
@@ -244,8 +245,7 @@ fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusql
         .unwrap_or_default();
     let original: Option<i64> = tx
         .prepare_cached(FIND_ORIGINAL_SQL)?
-        .query_row(params![&delivery.sha256[..], delivery.kind, since], |row| row.get(0))
-        .optional()?;
+        .query_row(params![&delivery.sha256[..], delivery.kind, since], |row| row.get(0))?;
     let (Some(original), Some(dsid)) = (original, delivery.dsid()) else {
         return Ok(original);
     };
@@ -258,6 +258,44 @@ fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusql
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_points_to_first_copy() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(SCHEMA_SQL).unwrap();
+        let body = br#"{"id":"lnk-1"}"#.to_vec();
+        let tx = connection.transaction().unwrap();
+        let mut receipts = Vec::new();
+        for second in 1..=3 {
+            let received_at = format!("2026-03-01T14:05:0{second}.000Z");
+            let delivery = Delivery::new("link-clicked", body.clone(), None, received_at);
+            receipts.push(insert_delivery(&tx, &delivery, 60_000).unwrap());
+        }
+        let other = Delivery::new("link-clicked", br#"{"id":"lnk-2"}"#.to_vec(), None, "2026-03-01T14:05:04.000Z".into());
+        let other = insert_delivery(&tx, &other, 60_000).unwrap();
+        tx.commit().unwrap();
+
+        assert_eq!(receipts[0].duplicate_of, None);
+        assert_eq!(receipts[1].duplicate_of, Some(receipts[0].id));
+        assert_eq!(receipts[2].duplicate_of, Some(receipts[0].id));
+        assert_eq!(other.duplicate_of, None);
+    }
+
+    #[test]
+    fn retry_outside_window_is_new() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(SCHEMA_SQL).unwrap();
+        let body = br#"{"id":"lnk-1"}"#.to_vec();
+        let tx = connection.transaction().unwrap();
+        let first = Delivery::new("link-clicked", body.clone(), None, "2026-03-01T14:00:00.000Z".into());
+        let first = insert_delivery(&tx, &first, 60_000).unwrap();
+        let late = Delivery::new("link-clicked", body, None, "2026-03-01T14:01:00.001Z".into());
+        let late = insert_delivery(&tx, &late, 60_000).unwrap();
+        tx.commit().unwrap();
+
+        assert_eq!(first.duplicate_of, None);
+        assert_eq!(late.duplicate_of, None);
+    }
 
     /// The duplicate lookup runs inside the writer's transaction for every
     /// delivery; a plan that scans the kind's deliveries made each insert
@@ -274,6 +312,7 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         let search = plan.iter().find(|step| step.starts_with("SEARCH deliveries"));
+        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "plan: {plan:?}");
         assert!(
             search.is_some_and(|step| step.contains("deliveries_fingerprint (body_sha256=? AND kind=? AND received_at>?)")),
             "plan: {plan:?}"
