@@ -177,3 +177,134 @@ fn commit(connection: &mut Connection, deliveries: &[&Delivery], window_ms: i64)
     tx.commit()?;
     Ok(receipts)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Creates a database file with the schema. Returns the writer's
+    /// connection and a second one that reads only committed rows.
+    fn database() -> (tempfile::TempDir, Connection, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let writer = store::open_or_create(&path).unwrap();
+        let reader = store::open_existing(&path).unwrap();
+        (dir, writer, reader)
+    }
+
+    fn delivery(body: &str) -> Delivery {
+        Delivery::new("link-clicked", body.as_bytes().to_vec(), None, crate::time::now_text())
+    }
+
+    /// Builds a job and the receiver of its reply.
+    fn job(body: &str) -> (Job, Receiver<Result<Receipt, String>>) {
+        let (reply, answer) = mpsc::sync_channel(1);
+        (Job { delivery: delivery(body), reply }, answer)
+    }
+
+    fn recorder() -> (Arc<Mutex<Vec<usize>>>, BatchObserver) {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&sizes);
+        (sizes, Box::new(move |size| recorded.lock().unwrap().push(size)))
+    }
+
+    fn committed_bodies(reader: &Connection) -> Vec<String> {
+        reader
+            .prepare("SELECT CAST(body AS TEXT) FROM deliveries ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn batch_commits_together() {
+        let (_dir, mut writer, reader) = database();
+        let (sizes, observer) = recorder();
+        let (jobs, answers): (Vec<_>, Vec<_>) = (0..5).map(|n| job(&format!(r#"{{"id":"lnk-{n}"}}"#))).unzip();
+
+        write_jobs(&mut writer, jobs, 0, &observer);
+
+        let ids: Vec<i64> = answers.iter().map(|answer| answer.try_recv().unwrap().unwrap().id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+        assert_eq!(*sizes.lock().unwrap(), vec![5]);
+        assert_eq!(committed_bodies(&reader).len(), 5);
+    }
+
+    /// One delivery that the store rejects fails its batch. The others are
+    /// then committed one by one, and only they are acknowledged.
+    #[test]
+    fn failed_batch_answers_each_delivery() {
+        let (_dir, mut writer, reader) = database();
+        reader
+            .execute_batch(
+                "CREATE TRIGGER reject_marked BEFORE INSERT ON deliveries
+                   WHEN instr(CAST(NEW.body AS TEXT), 'reject-me') > 0
+                 BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END;",
+            )
+            .unwrap();
+        let (sizes, observer) = recorder();
+        let bodies = [r#"{"id":"a"}"#, r#"{"id":"reject-me-1"}"#, r#"{"id":"b"}"#, r#"{"id":"reject-me-2"}"#];
+        let (jobs, answers): (Vec<_>, Vec<_>) = bodies.iter().map(|body| job(body)).unzip();
+
+        write_jobs(&mut writer, jobs, 0, &observer);
+
+        let results: Vec<Result<Receipt, String>> = answers.iter().map(|answer| answer.try_recv().unwrap()).collect();
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        assert!(results[2].is_ok(), "{:?}", results[2]);
+        for failed in [&results[1], &results[3]] {
+            let reason = failed.as_ref().unwrap_err();
+            assert!(reason.starts_with("store unavailable: "), "{reason}");
+            assert!(reason.contains("simulated write failure"), "{reason}");
+        }
+        assert_eq!(committed_bodies(&reader), vec![bodies[0], bodies[2]]);
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 1]);
+    }
+
+    /// A full disk fails every delivery of the batch, and each handler gets
+    /// the reason. Nothing is acknowledged.
+    #[test]
+    fn full_disk_fails_whole_batch() {
+        let (_dir, mut writer, reader) = database();
+        // SQLite answers SQLITE_FULL as soon as the file would need a page
+        // beyond this limit, as it does when the disk is full.
+        let pages: i64 = writer.query_row("PRAGMA page_count", [], |row| row.get(0)).unwrap();
+        writer.execute_batch(&format!("PRAGMA max_page_count = {pages}")).unwrap();
+        let (sizes, observer) = recorder();
+        let large = format!(r#"{{"id":"lnk-1","padding":"{}"}}"#, "x".repeat(20_000));
+        let (jobs, answers): (Vec<_>, Vec<_>) = (0..3).map(|_| job(&large)).unzip();
+
+        write_jobs(&mut writer, jobs, 0, &observer);
+
+        for answer in &answers {
+            let reason = answer.try_recv().unwrap().unwrap_err();
+            assert!(reason.starts_with("store unavailable: "), "{reason}");
+            assert!(reason.contains("full"), "{reason}");
+        }
+        assert!(committed_bodies(&reader).is_empty());
+        assert!(sizes.lock().unwrap().is_empty());
+    }
+
+    /// A delivery that arrives alone is committed alone and at once, so the
+    /// writer does not wait for others to fill a batch.
+    #[test]
+    fn lone_delivery_committed_alone() {
+        let (_dir, writer, reader) = database();
+        let (sizes, observer) = recorder();
+        let config = WriterConfig { max_batch: 64, duplicate_window_ms: 0, reply_timeout: Duration::from_secs(10) };
+        let running = Writer::start(writer, config, observer).unwrap();
+        let handle = running.handle();
+
+        for n in 0..3 {
+            let receipt = handle.write(delivery(&format!(r#"{{"id":"lnk-{n}"}}"#))).unwrap();
+            let visible: i64 =
+                reader.query_row("SELECT count(*) FROM deliveries WHERE id = ?1", [receipt.id], |row| row.get(0)).unwrap();
+            assert_eq!(visible, 1, "delivery {} acknowledged before it was visible", receipt.id);
+        }
+        running.stop();
+        assert_eq!(*sizes.lock().unwrap(), vec![1, 1, 1]);
+    }
+}
