@@ -19,6 +19,11 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// How long a connection waits for another writer's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Prepared statements each connection keeps: one insert per kind plus the
+/// few shared ones. rusqlite's default of 16 is fewer than the kinds, so a
+/// mix of kinds evicted and parsed the inserts again all the time.
+const STATEMENT_CACHE_CAPACITY: usize = catalog::KINDS.len() + 16;
+
 /// Opens or creates the database at `path` for `serve`, and brings its
 /// schema up to date.
 pub fn open_or_create(path: &Path) -> anyhow::Result<Connection> {
@@ -55,6 +60,7 @@ pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
 
 fn prepare_connection(connection: &Connection, path: &Path) -> anyhow::Result<()> {
     connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     // WAL lets readers (queries, sqlite3, Datasette) run beside the writer.
     // synchronous=FULL syncs the WAL on every commit, so a commit that has
     // returned survives power loss; `serve` answers only after that commit.
