@@ -20,8 +20,8 @@ pub const SCHEMA_VERSION: i64 = 1;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Prepared statements each connection keeps: one insert per kind plus the
-/// few shared ones. rusqlite's default of 16 is fewer than the kinds, so a
-/// mix of kinds evicted and parsed the inserts again all the time.
+/// few shared ones. rusqlite 0.32's default of 16 is fewer than the kinds,
+/// so a mix of kinds evicted and parsed the inserts again all the time.
 const STATEMENT_CACHE_CAPACITY: usize = catalog::KINDS.len() + 16;
 
 /// Opens or creates the database at `path` for `serve`, and brings its
