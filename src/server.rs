@@ -23,7 +23,7 @@ use crate::catalog;
 use crate::cli::{DbArg, UsageError};
 use crate::http::{self, Handler, Head, Limits, Response};
 use crate::store::{self, Delivery, Parsed};
-use crate::writer::{Writer, WriterConfig, WriterHandle};
+use crate::writer::{Checkpointer, Writer, WriterConfig, WriterHandle, CHECKPOINT_INTERVAL, WRITER_AUTOCHECKPOINT_PAGES};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -130,7 +130,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let path = args.db.db.clone();
     let connection = store::open_or_create(&path)?;
+    connection.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
     let health = store::open_existing(&path)?;
+    let checkpointer = Checkpointer::start(store::open_existing(&path)?, CHECKPOINT_INTERVAL)?;
     let listener = TcpListener::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
 
@@ -176,6 +178,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("dsevents listening on http://{address}");
 
     http::serve(listener, app, limits, shutdown, Duration::from_secs(20))?;
+    checkpointer.stop();
     writer.stop();
     info!("serve stopped: {}", batches.summary());
     Ok(())
