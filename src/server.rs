@@ -138,6 +138,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let batches = Arc::new(BatchStats::default());
     let observed = Arc::clone(&batches);
+    let notice = checkpointer.notice();
     let writer = Writer::start(
         connection,
         WriterConfig {
@@ -145,7 +146,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             duplicate_window_ms: args.duplicate_window.num_milliseconds(),
             reply_timeout: Duration::from_secs(30),
         },
-        Box::new(move |size| observed.add(size)),
+        Box::new(move |size| {
+            observed.add(size);
+            notice.committed();
+        }),
     )?;
 
     let app = Arc::new(App {
