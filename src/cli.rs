@@ -24,6 +24,16 @@ pub enum Command {
     /// Report on stored events.
     #[command(subcommand)]
     Query(crate::query::QueryCommand),
+    /// Rebuild normalized rows from the raw bodies with the current parsers.
+    Replay(crate::replay::ReplayArgs),
+    /// Add deliveries from NDJSON files or JSON arrays.
+    Import(crate::import::ImportArgs),
+    /// Write a consistent copy of the database, also while serve runs.
+    Backup(crate::backup::BackupArgs),
+    /// Remove old raw bodies that were normalized, keeping their rows.
+    Prune(crate::prune::PruneArgs),
+    /// Erase one person from every table and raw body (GDPR, CCPA).
+    Forget(crate::forget::ForgetArgs),
 }
 
 /// The `--db` option every command takes.

@@ -14,12 +14,18 @@
 //! `query` and `output` answer the report commands; `cli` defines the
 //! command line; `time` reads and writes times.
 
+pub mod backup;
 pub mod catalog;
 pub mod cli;
+pub mod forget;
 pub mod http;
+pub mod import;
 pub mod normalize;
 pub mod output;
+pub mod progress;
+pub mod prune;
 pub mod query;
+pub mod replay;
 pub mod server;
 pub mod store;
 pub mod time;

@@ -15,6 +15,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => dsevents::server::run(args),
         Command::Query(command) => dsevents::query::run(command),
+        Command::Replay(args) => dsevents::replay::run(args),
+        Command::Import(args) => dsevents::import::run(args),
+        Command::Backup(args) => dsevents::backup::run(args),
+        Command::Prune(args) => dsevents::prune::run(args),
+        Command::Forget(args) => dsevents::forget::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
