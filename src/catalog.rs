@@ -313,6 +313,21 @@ pub fn by_slug(slug: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|kind| kind.slug == slug)
 }
 
+/// Returns the kind that undoes `slug`'s effect (an opt-in for an opt-out
+/// on the same channel, and the reverse), if there is one.
+pub fn opposite(slug: &str) -> Option<&'static str> {
+    const PAIRS: [(&str, &str); 3] = [
+        ("email-opt-out", "email-opt-in"),
+        ("sms-opt-out", "sms-opt-in"),
+        ("phone-opt-out", "phone-opt-in"),
+    ];
+    PAIRS.iter().find_map(|(out, into)| match slug {
+        s if s == *out => Some(*into),
+        s if s == *into => Some(*out),
+        _ => None,
+    })
+}
+
 /// Returns every slug, comma separated, for help and error text.
 pub fn slug_list() -> String {
     KINDS.iter().map(|kind| kind.slug).collect::<Vec<_>>().join(", ")

@@ -172,8 +172,10 @@ pub struct Receipt {
 ///
 /// `duplicate_window_ms` is how far back an identical body of the same kind
 /// makes this one a duplicate (a retry). An identical body is not a retry
-/// when another delivery for the same contact arrived in between, such as
-/// an opt-in between two identical opt-outs.
+/// when a different delivery of the same kind, or of its opposite kind, for
+/// the same contact arrived in between: opt-out, opt-in, opt-out again is a
+/// contact changing their mind twice, and a lead status that goes back to
+/// an earlier value is a real change.
 pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, duplicate_window_ms: i64) -> rusqlite::Result<Receipt> {
     let duplicate_of = find_original(tx, delivery, duplicate_window_ms)?;
     tx.prepare_cached(
@@ -246,8 +248,15 @@ fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusql
     let (Some(original), Some(dsid)) = (original, delivery.dsid()) else {
         return Ok(original);
     };
+    let opposite_kind = catalog::opposite(&delivery.kind).unwrap_or(&delivery.kind);
     let changed_since: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM deliveries WHERE dsid = ?1 AND id > ?2 AND body_sha256 <> ?3)")?
-        .query_row(params![dsid, original, &delivery.sha256[..]], |row| row.get(0))?;
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM deliveries
+                             WHERE dsid = ?1 AND id > ?2 AND body_sha256 <> ?3 AND kind IN (?4, ?5))",
+        )?
+        .query_row(
+            params![dsid, original, &delivery.sha256[..], delivery.kind, opposite_kind],
+            |row| row.get(0),
+        )?;
     Ok(if changed_since { None } else { Some(original) })
 }
