@@ -34,6 +34,27 @@ pub enum Command {
     Prune(crate::prune::PruneArgs),
     /// Erase one person from every table and raw body (GDPR, CCPA).
     Forget(crate::forget::ForgetArgs),
+    /// Show counts per kind, quarantined deliveries and warnings.
+    Status(crate::status::StatusArgs),
+    /// Print a shell completion script to standard output.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output.
+    Man,
+}
+
+/// Writes the completion script for `shell` to standard output.
+pub fn print_completions(shell: clap_complete::Shell) {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "dsevents", &mut std::io::stdout());
+}
+
+/// Writes the man page to standard output.
+pub fn print_man() -> std::io::Result<()> {
+    let command = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(command).render(&mut std::io::stdout())
 }
 
 /// The `--db` option every command takes.

@@ -27,6 +27,7 @@ pub mod prune;
 pub mod query;
 pub mod replay;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod time;
 pub mod writer;

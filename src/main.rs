@@ -20,6 +20,12 @@ fn main() -> ExitCode {
         Command::Backup(args) => dsevents::backup::run(args),
         Command::Prune(args) => dsevents::prune::run(args),
         Command::Forget(args) => dsevents::forget::run(args),
+        Command::Status(args) => dsevents::status::run(args),
+        Command::Completions { shell } => {
+            dsevents::cli::print_completions(shell);
+            Ok(())
+        }
+        Command::Man => dsevents::cli::print_man().map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
