@@ -28,6 +28,8 @@ pub enum Command {
     Replay(crate::replay::ReplayArgs),
     /// Add deliveries from NDJSON files or JSON arrays.
     Import(crate::import::ImportArgs),
+    /// Write every row of one kind as CSV, JSON or NDJSON.
+    Export(crate::export::ExportArgs),
     /// Write a consistent copy of the database, also while serve runs.
     Backup(crate::backup::BackupArgs),
     /// Remove old raw bodies that were normalized, keeping their rows.

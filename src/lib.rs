@@ -17,6 +17,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod cli;
+pub mod export;
 pub mod forget;
 pub mod http;
 pub mod import;

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Command::Query(command) => dsevents::query::run(command),
         Command::Replay(args) => dsevents::replay::run(args),
         Command::Import(args) => dsevents::import::run(args),
+        Command::Export(args) => dsevents::export::run(args),
         Command::Backup(args) => dsevents::backup::run(args),
         Command::Prune(args) => dsevents::prune::run(args),
         Command::Forget(args) => dsevents::forget::run(args),

@@ -487,15 +487,15 @@ fn describe(slug: &str, row: &KindRow) -> String {
 }
 
 /// The `--since` and `--until` bounds as stored UTC text.
-struct TimeWindow {
-    since: Option<String>,
-    until: Option<String>,
+pub(crate) struct TimeWindow {
+    pub(crate) since: Option<String>,
+    pub(crate) until: Option<String>,
 }
 
 impl TimeWindow {
     /// Reads `--since` and `--until`. An unreadable value, or a --since not
     /// before --until, is a usage error naming the values.
-    fn parse(common: &CommonArgs) -> Result<TimeWindow, UsageError> {
+    pub(crate) fn parse(common: &CommonArgs) -> Result<TimeWindow, UsageError> {
         let now = Utc::now();
         let read = |option: &str, value: &Option<String>| {
             value
