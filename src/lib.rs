@@ -20,6 +20,7 @@ pub mod http;
 pub mod normalize;
 pub mod output;
 pub mod query;
+pub mod samples;
 pub mod server;
 pub mod store;
 pub mod time;
