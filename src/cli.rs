@@ -24,6 +24,8 @@ pub enum Command {
     /// Report on stored events.
     #[command(subcommand)]
     Query(crate::query::QueryCommand),
+    /// Print the webhook URL to paste into DailyStory for each event kind.
+    Urls(crate::urls::UrlsArgs),
 }
 
 /// The `--db` option every command takes.

@@ -24,4 +24,5 @@ pub mod samples;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod urls;
 pub mod writer;

@@ -14,6 +14,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => dsevents::server::run(args),
         Command::Query(command) => dsevents::query::run(command),
+        Command::Urls(args) => dsevents::urls::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
