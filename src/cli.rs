@@ -26,6 +26,8 @@ pub enum Command {
     Query(crate::query::QueryCommand),
     /// Print the webhook URL to paste into DailyStory for each event kind.
     Urls(crate::urls::UrlsArgs),
+    /// Post the embedded sample deliveries to a running server, as DailyStory would.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// The `--db` option every command takes.

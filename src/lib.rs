@@ -22,6 +22,7 @@ pub mod output;
 pub mod query;
 pub mod samples;
 pub mod server;
+pub mod simulate;
 pub mod store;
 pub mod time;
 pub mod urls;

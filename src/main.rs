@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => dsevents::server::run(args),
         Command::Query(command) => dsevents::query::run(command),
         Command::Urls(args) => dsevents::urls::run(args),
+        Command::Simulate(args) => dsevents::simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
