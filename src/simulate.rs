@@ -115,7 +115,10 @@ fn selected_slugs(kinds: &[String]) -> Result<Vec<&'static str>, UsageError> {
         .iter()
         .map(|requested| {
             catalog::by_slug(requested.trim()).map(|kind| kind.slug).ok_or_else(|| {
-                UsageError(format!("unknown --kind '{requested}'; valid kinds are: {}", catalog::slug_list()))
+                UsageError(format!(
+                    "unknown --kind '{requested}'; valid kinds are: {}",
+                    catalog::slug_list()
+                ))
             })
         })
         .collect()
@@ -143,7 +146,11 @@ fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<ServerResponse, S
         .map_err(|error| format!("reading the response body failed: {error}"))?;
     let elapsed = started.elapsed();
 
-    Ok(ServerResponse { status, body: one_line(&String::from_utf8_lossy(&bytes)), elapsed })
+    Ok(ServerResponse {
+        status,
+        body: one_line(&String::from_utf8_lossy(&bytes)),
+        elapsed,
+    })
 }
 
 /// Describes a transport error without its URL, which carries the token.
@@ -181,7 +188,10 @@ mod tests {
 
     #[test]
     fn one_line_joins_and_shortens() {
-        assert_eq!(one_line("{\"id\":1,\n  \"kind\":\"x\"}\r\n"), "{\"id\":1, \"kind\":\"x\"}");
+        assert_eq!(
+            one_line("{\"id\":1,\n  \"kind\":\"x\"}\r\n"),
+            "{\"id\":1, \"kind\":\"x\"}"
+        );
         assert_eq!(one_line("  \n"), "(empty body)");
         let long = "a".repeat(MAX_PRINTED_CHARS + 5);
         assert_eq!(one_line(&long).chars().count(), MAX_PRINTED_CHARS + 1);

@@ -134,16 +134,21 @@ pub fn parse_base_url(option: &str, value: &str) -> Result<String, UsageError> {
     let invalid = |reason: &str| UsageError(format!("invalid {option} '{value}': {reason}"));
 
     let lowercase = value.to_ascii_lowercase();
-    let Some(rest) = ["http://", "https://"].iter().find_map(|scheme| {
-        lowercase.starts_with(scheme).then(|| &value[scheme.len()..])
-    }) else {
-        return Err(invalid("it must start with http:// or https://, such as https://hooks.example.com"));
+    let Some(rest) = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| lowercase.starts_with(scheme).then(|| &value[scheme.len()..]))
+    else {
+        return Err(invalid(
+            "it must start with http:// or https://, such as https://hooks.example.com",
+        ));
     };
     if rest.split('/').next().unwrap_or_default().is_empty() {
         return Err(invalid("it must name a host, such as https://hooks.example.com"));
     }
     if value.contains(['?', '#']) {
-        return Err(invalid("it must not contain a query (?) or fragment (#), because /hooks/{kind} is appended to it"));
+        return Err(invalid(
+            "it must not contain a query (?) or fragment (#), because /hooks/{kind} is appended to it",
+        ));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid("it must not contain spaces or control characters"));
@@ -165,12 +170,28 @@ pub fn hook_url(base: &str, slug: &str, token: Option<&str>) -> String {
 
 fn render_table(entries: &[Entry]) -> String {
     let headers = ["EVENT", "KIND", "URL"];
-    let event_width = entries.iter().map(|entry| entry.kind.name.chars().count()).chain([headers[0].len()]).max().unwrap_or(0);
-    let kind_width = entries.iter().map(|entry| entry.kind.slug.chars().count()).chain([headers[1].len()]).max().unwrap_or(0);
+    let event_width = entries
+        .iter()
+        .map(|entry| entry.kind.name.chars().count())
+        .chain([headers[0].len()])
+        .max()
+        .unwrap_or(0);
+    let kind_width = entries
+        .iter()
+        .map(|entry| entry.kind.slug.chars().count())
+        .chain([headers[1].len()])
+        .max()
+        .unwrap_or(0);
 
-    let mut text = format!("{:event_width$}  {:kind_width$}  {}\n", headers[0], headers[1], headers[2]);
+    let mut text = format!(
+        "{:event_width$}  {:kind_width$}  {}\n",
+        headers[0], headers[1], headers[2]
+    );
     for entry in entries {
-        text.push_str(&format!("{:event_width$}  {:kind_width$}  {}\n", entry.kind.name, entry.kind.slug, entry.url));
+        text.push_str(&format!(
+            "{:event_width$}  {:kind_width$}  {}\n",
+            entry.kind.name, entry.kind.slug, entry.url
+        ));
     }
     text
 }
@@ -212,18 +233,35 @@ mod tests {
     #[test]
     fn token_is_percent_encoded() {
         let url = hook_url("https://hooks.example.com", "lead-created", Some("a b&c=d/é+~_.-"));
-        assert_eq!(url, "https://hooks.example.com/hooks/lead-created?token=a%20b%26c%3Dd%2F%C3%A9%2B~_.-");
+        assert_eq!(
+            url,
+            "https://hooks.example.com/hooks/lead-created?token=a%20b%26c%3Dd%2F%C3%A9%2B~_.-"
+        );
     }
 
     #[test]
     fn base_loses_trailing_slashes() {
-        assert_eq!(parse_base_url("--base", "https://example.com/dsevents//").unwrap(), "https://example.com/dsevents");
-        assert_eq!(parse_base_url("--base", "HTTP://127.0.0.1:8080").unwrap(), "HTTP://127.0.0.1:8080");
+        assert_eq!(
+            parse_base_url("--base", "https://example.com/dsevents//").unwrap(),
+            "https://example.com/dsevents"
+        );
+        assert_eq!(
+            parse_base_url("--base", "HTTP://127.0.0.1:8080").unwrap(),
+            "HTTP://127.0.0.1:8080"
+        );
     }
 
     #[test]
     fn invalid_bases_are_rejected() {
-        for value in ["ftp://example.com", "example.com", "https://", "https:///hooks", "https://example.com/?a=b", "https://example.com/#x", "https://exa mple.com"] {
+        for value in [
+            "ftp://example.com",
+            "example.com",
+            "https://",
+            "https:///hooks",
+            "https://example.com/?a=b",
+            "https://example.com/#x",
+            "https://exa mple.com",
+        ] {
             let error = parse_base_url("--base", value).unwrap_err();
             assert!(error.0.contains(&format!("'{value}'")), "{error}");
         }

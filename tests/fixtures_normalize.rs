@@ -26,7 +26,13 @@ fn fixtures_dir(name: &str) -> PathBuf {
 fn json_files(dir: &Path) -> BTreeSet<String> {
     let entries = fs::read_dir(dir).unwrap_or_else(|error| panic!("cannot list {}: {error}", dir.display()));
     entries
-        .map(|entry| entry.expect("readable directory entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("readable directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|name| name.ends_with(".json"))
         .collect()
 }
@@ -42,7 +48,10 @@ fn read_cases(dir: &Path) -> Vec<Case> {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         assert_eq!(cells.len(), 5, "README row must have three cells: {line}");
         let file = cells[1].trim_matches('`').to_string();
-        let expected = code_spans(cells[3]).into_iter().map(|span| parse_expectation(span, line)).collect();
+        let expected = code_spans(cells[3])
+            .into_iter()
+            .map(|span| parse_expectation(span, line))
+            .collect();
         cases.push(Case { file, expected });
     }
     assert!(!cases.is_empty(), "{} has no table rows", readme_path.display());
@@ -77,7 +86,8 @@ fn parse_expectation(span: &str, line: &str) -> (String, Value) {
 /// Returns the kind named by the slug before the first dot of a file name.
 fn kind_of(file: &str) -> &'static Kind {
     let slug = file.split('.').next().unwrap_or(file);
-    catalog::by_slug(slug).unwrap_or_else(|| panic!("{file} does not start with a kind slug ({})", catalog::slug_list()))
+    catalog::by_slug(slug)
+        .unwrap_or_else(|| panic!("{file} does not start with a kind slug ({})", catalog::slug_list()))
 }
 
 /// Normalizes every fixture listed in `dir/README.md` and returns one line
@@ -129,7 +139,10 @@ fn check_row_dsid(kind: &Kind, row: &Row) -> Option<String> {
 
 #[test]
 fn every_kind_has_one_sample() {
-    let expected: BTreeSet<String> = catalog::KINDS.iter().map(|kind| format!("{}.json", kind.slug)).collect();
+    let expected: BTreeSet<String> = catalog::KINDS
+        .iter()
+        .map(|kind| format!("{}.json", kind.slug))
+        .collect();
     let found = json_files(&fixtures_dir("samples"));
     assert_eq!(found, expected);
 }
@@ -137,13 +150,23 @@ fn every_kind_has_one_sample() {
 #[test]
 fn samples_normalize_to_listed_values() {
     let failures = check_listed_values(&fixtures_dir("samples"));
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn variations_normalize_to_listed_values() {
     let failures = check_listed_values(&fixtures_dir("variations"));
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -151,7 +174,12 @@ fn readme_tables_list_every_fixture() {
     for name in ["samples", "variations"] {
         let dir = fixtures_dir(name);
         let listed: BTreeSet<String> = read_cases(&dir).into_iter().map(|case| case.file).collect();
-        assert_eq!(listed, json_files(&dir), "files in the table of {}/README.md", dir.display());
+        assert_eq!(
+            listed,
+            json_files(&dir),
+            "files in the table of {}/README.md",
+            dir.display()
+        );
     }
 }
 
@@ -179,7 +207,11 @@ fn every_case_lists_a_value() {
 #[test]
 fn bom_fixture_starts_with_bom() {
     let body = fs::read(fixtures_dir("variations").join("contact-updated.bom.json")).expect("fixture is readable");
-    assert!(body.starts_with(b"\xEF\xBB\xBF{"), "first bytes: {:02X?}", &body[..4.min(body.len())]);
+    assert!(
+        body.starts_with(b"\xEF\xBB\xBF{"),
+        "first bytes: {:02X?}",
+        &body[..4.min(body.len())]
+    );
 }
 
 #[test]

@@ -3,23 +3,10 @@
 
 mod common;
 
-use std::fs;
 use std::net::TcpListener;
-use std::path::Path;
 
-use common::dsevents;
 use common::peer::Peer;
-
-fn fixture(slug: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/samples/{slug}.json"));
-    fs::read(&path).unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
-}
-
-/// Returns the slug in a request target such as `/hooks/lead-created?token=x`.
-fn slug_of(target: &str) -> &str {
-    let path = target.split('?').next().unwrap_or(target);
-    path.strip_prefix("/hooks/").unwrap_or(path)
-}
+use common::{dsevents, fixture, slug_of};
 
 fn peer_responding_200() -> Peer {
     Peer::start(|request| (200, format!(r#"{{"id":1,"kind":"{}"}}"#, slug_of(&request.target))))
@@ -28,7 +15,18 @@ fn peer_responding_200() -> Peer {
 #[test]
 fn request_matches_dailystory_delivery() {
     let peer = peer_responding_200();
-    let run = dsevents(&["simulate", "--url", &peer.url(), "--kind", "lead-created", "--token", "a b&c"], &[]);
+    let run = dsevents(
+        &[
+            "simulate",
+            "--url",
+            &peer.url(),
+            "--kind",
+            "lead-created",
+            "--token",
+            "a b&c",
+        ],
+        &[],
+    );
     assert_eq!(run.code, Some(0), "{run}");
 
     let requests = peer.received();
@@ -54,7 +52,10 @@ fn output_line_has_kind_status_time_body() {
     assert!(fields[2].parse::<f64>().is_ok(), "{run}");
     assert_eq!(fields[3], "ms", "{run}");
     assert_eq!(fields[4], r#"{"id":1,"kind":"email-bounced"}"#, "{run}");
-    assert!(run.stderr.contains("sent 1 delivery, every response status was 2xx"), "{run}");
+    assert!(
+        run.stderr.contains("sent 1 delivery, every response status was 2xx"),
+        "{run}"
+    );
 }
 
 #[test]
@@ -78,18 +79,42 @@ fn every_kind_sent_by_default() {
 #[test]
 fn count_repeats_each_kind() {
     let peer = peer_responding_200();
-    let run = dsevents(&["simulate", "--url", &peer.url(), "--kind", "email-bounced,text-reply", "--count", "3"], &[]);
+    let run = dsevents(
+        &[
+            "simulate",
+            "--url",
+            &peer.url(),
+            "--kind",
+            "email-bounced,text-reply",
+            "--count",
+            "3",
+        ],
+        &[],
+    );
     assert_eq!(run.code, Some(0), "{run}");
 
     let requests = peer.received();
     let slugs: Vec<&str> = requests.iter().map(|request| slug_of(&request.target)).collect();
-    assert_eq!(slugs, ["email-bounced", "email-bounced", "email-bounced", "text-reply", "text-reply", "text-reply"]);
+    assert_eq!(
+        slugs,
+        [
+            "email-bounced",
+            "email-bounced",
+            "email-bounced",
+            "text-reply",
+            "text-reply",
+            "text-reply"
+        ]
+    );
 }
 
 #[test]
 fn token_comes_from_environment() {
     let peer = peer_responding_200();
-    let run = dsevents(&["simulate", "--url", &peer.url(), "--kind", "phone-opt-in"], &[("DSEVENTS_TOKEN", "env/token")]);
+    let run = dsevents(
+        &["simulate", "--url", &peer.url(), "--kind", "phone-opt-in"],
+        &[("DSEVENTS_TOKEN", "env/token")],
+    );
     assert_eq!(run.code, Some(0), "{run}");
 
     let requests = peer.received();
@@ -106,11 +131,26 @@ fn non_2xx_response_exits_1() {
             (200, "{}".to_string())
         }
     });
-    let run = dsevents(&["simulate", "--url", &peer.url(), "--kind", "lead-created", "--kind", "text-reply"], &[]);
+    let run = dsevents(
+        &[
+            "simulate",
+            "--url",
+            &peer.url(),
+            "--kind",
+            "lead-created",
+            "--kind",
+            "text-reply",
+        ],
+        &[],
+    );
     assert_eq!(run.code, Some(1), "{run}");
 
     assert_eq!(peer.received().len(), 2, "both kinds are sent before the exit");
-    let failed_line = run.stdout.lines().find(|line| line.starts_with("text-reply")).expect("a line for text-reply");
+    let failed_line = run
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("text-reply"))
+        .expect("a line for text-reply");
     assert!(failed_line.contains(" 500 "), "{run}");
     assert!(failed_line.ends_with("store failed: disk full"), "{run}");
     assert!(run.stderr.contains("1 of 2 deliveries"), "{run}");
@@ -128,7 +168,18 @@ fn redirect_counts_as_failure() {
 #[test]
 fn unknown_kind_exits_2_and_sends_nothing() {
     let peer = peer_responding_200();
-    let run = dsevents(&["simulate", "--url", &peer.url(), "--kind", "lead-created", "--kind", "email-opened"], &[]);
+    let run = dsevents(
+        &[
+            "simulate",
+            "--url",
+            &peer.url(),
+            "--kind",
+            "lead-created",
+            "--kind",
+            "email-opened",
+        ],
+        &[],
+    );
     assert_eq!(run.code, Some(2), "{run}");
     assert!(run.stderr.contains("'email-opened'"), "{run}");
     assert!(run.stderr.contains(&dsevents::catalog::slug_list()), "{run}");
@@ -145,9 +196,24 @@ fn invalid_url_exits_2() {
 #[test]
 fn unreachable_server_exits_1_without_leaking_token() {
     // Bind and release a port so that nothing listens on it.
-    let port = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("address").port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("address")
+        .port();
     let url = format!("http://127.0.0.1:{port}");
-    let run = dsevents(&["simulate", "--url", &url, "--kind", "sms-opt-out", "--token", "topsecret"], &[]);
+    let run = dsevents(
+        &[
+            "simulate",
+            "--url",
+            &url,
+            "--kind",
+            "sms-opt-out",
+            "--token",
+            "topsecret",
+        ],
+        &[],
+    );
     assert_eq!(run.code, Some(1), "{run}");
     assert!(run.stderr.contains(&format!("{url}/hooks/sms-opt-out")), "{run}");
     assert!(!run.stderr.contains("topsecret"), "{run}");

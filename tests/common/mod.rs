@@ -5,6 +5,7 @@
 
 pub mod peer;
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The outcome of one run of a command, with everything a failing assert
@@ -40,11 +41,25 @@ pub fn dsevents(args: &[&str], env: &[(&str, &str)]) -> Run {
 /// Runs `command` to completion and captures its output.
 pub fn run(mut command: Command) -> Run {
     let description = format!("{command:?}");
-    let output = command.output().unwrap_or_else(|error| panic!("cannot start {description}: {error}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("cannot start {description}: {error}"));
     Run {
         command: description,
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// Returns the bytes of the sample fixture of `slug`.
+pub fn fixture(slug: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/samples/{slug}.json"));
+    std::fs::read(&path).unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
+}
+
+/// Returns the slug in a request target such as `/hooks/lead-created?token=x`.
+pub fn slug_of(target: &str) -> &str {
+    let path = target.split('?').next().unwrap_or(target);
+    path.strip_prefix("/hooks/").unwrap_or(path)
 }

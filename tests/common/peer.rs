@@ -55,7 +55,12 @@ impl Peer {
             let stopping = Arc::clone(&stopping);
             thread::spawn(move || accept_loop(listener, sender, respond, stopping))
         };
-        Peer { address, requests, stopping, thread: Some(thread) }
+        Peer {
+            address,
+            requests,
+            stopping,
+            thread: Some(thread),
+        }
     }
 
     /// Returns `http://127.0.0.1:PORT`.
@@ -88,8 +93,12 @@ fn accept_loop(listener: TcpListener, sender: Sender<Request>, respond: Arc<Resp
             return;
         }
         let Ok(mut stream) = stream else { continue };
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("set read timeout");
-        let Some(request) = read_request(&mut stream) else { continue };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("set read timeout");
+        let Some(request) = read_request(&mut stream) else {
+            continue;
+        };
 
         let (status, body) = respond(&request);
         // Record before responding, so the sender cannot exit first.
@@ -125,7 +134,12 @@ fn read_request(stream: &mut TcpStream) -> Option<Request> {
         let headers: Vec<(String, String)> = parsed
             .headers
             .iter()
-            .map(|header| (header.name.to_string(), String::from_utf8_lossy(header.value).into_owned()))
+            .map(|header| {
+                (
+                    header.name.to_string(),
+                    String::from_utf8_lossy(header.value).into_owned(),
+                )
+            })
             .collect();
         let content_length: usize = headers
             .iter()
@@ -142,7 +156,12 @@ fn read_request(stream: &mut TcpStream) -> Option<Request> {
             buffer.extend_from_slice(&chunk[..read]);
         }
         let body = buffer[head_len..head_len + content_length].to_vec();
-        return Some(Request { method, target, headers, body });
+        return Some(Request {
+            method,
+            target,
+            headers,
+            body,
+        });
     }
 }
 
