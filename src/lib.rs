@@ -13,6 +13,8 @@
 //!
 //! `query` and `output` answer the report commands; `cli` defines the
 //! command line; `time` reads and writes times.
+//! `urls` prints the webhook URLs to register in DailyStory, and
+//! `simulate` posts the embedded `samples` to a running server.
 
 pub mod catalog;
 pub mod cli;

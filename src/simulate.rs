@@ -1,8 +1,10 @@
 //! The `simulate` command: posts the embedded sample deliveries to a
-//! running `dsevents serve` the way DailyStory does, and prints each response.
+//! running `dsevents serve` as DailyStory would, and prints each response.
 //!
 //! Each request is a POST of one sample body to `{url}/hooks/{slug}`, with
 //! `Content-Type: application/json` and the token as `?token=`.
+//! NOTE: DailyStory documents a POST with a JSON body but not its exact
+//! headers, so the Content-Type value here is an assumption.
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -51,8 +53,8 @@ struct ServerResponse {
     elapsed: Duration,
 }
 
-/// Runs `dsevents simulate`. Returns an error when any response status is not 2xx,
-/// or when a request cannot be sent at all, which stops the run.
+/// Runs `dsevents simulate`. Returns an error when any response status is
+/// not 2xx, or when a request cannot be sent at all, which stops the run.
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let base = parse_base_url("--url", &args.url)?;
     let slugs = selected_slugs(&args.kinds)?;
@@ -75,7 +77,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             let response = post(&agent, &url, body).map_err(|error| {
                 // The URL in the message leaves out the token.
                 anyhow!(
-                    "failed to send {slug} to {}: {error}; check that `dsevents serve` is running at {base}",
+                    "failed to send {slug} to {}: {error}. Check that `dsevents serve` is running at {base}",
                     hook_url(&base, slug, None)
                 )
             })?;

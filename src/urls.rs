@@ -69,13 +69,14 @@ struct Entry {
 pub fn run(args: UrlsArgs) -> anyhow::Result<()> {
     let base = parse_base_url("--base", &args.base)?;
 
-    let token = match args.token {
-        Some(token) => Some(token),
-        None => token_from_env()?,
+    let secret = match (args.no_token, args.token) {
+        (true, _) => None,
+        (false, Some(token)) => Some(token),
+        (false, None) => token_from_env()?,
     };
-    let token = match token.as_deref().filter(|token| !token.is_empty()) {
+    let token = match secret.as_deref().filter(|secret| !secret.is_empty()) {
         _ if args.no_token => TokenChoice::Omitted,
-        Some(token) => TokenChoice::Secret(token),
+        Some(secret) => TokenChoice::Secret(secret),
         None => TokenChoice::Placeholder,
     };
     if matches!(token, TokenChoice::Placeholder) {
@@ -115,7 +116,7 @@ pub fn run(args: UrlsArgs) -> anyhow::Result<()> {
 }
 
 /// Returns the value of DSEVENTS_TOKEN, or `None` when it is not set.
-pub fn token_from_env() -> Result<Option<String>, UsageError> {
+fn token_from_env() -> Result<Option<String>, UsageError> {
     match std::env::var("DSEVENTS_TOKEN") {
         Ok(token) => Ok(Some(token)),
         Err(std::env::VarError::NotPresent) => Ok(None),
