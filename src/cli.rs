@@ -38,6 +38,10 @@ pub enum Command {
     Forget(crate::forget::ForgetArgs),
     /// Show counts per kind, quarantined deliveries and warnings.
     Status(crate::status::StatusArgs),
+    /// Print the webhook URL to paste into DailyStory for each event kind.
+    Urls(crate::urls::UrlsArgs),
+    /// Post the embedded sample deliveries to a running server, as DailyStory would.
+    Simulate(crate::simulate::SimulateArgs),
     /// Print a shell completion script to standard output.
     Completions {
         /// The shell to complete for.

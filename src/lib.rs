@@ -13,6 +13,8 @@
 //!
 //! `query` and `output` answer the report commands; `cli` defines the
 //! command line; `time` reads and writes times.
+//! `urls` prints the webhook URLs to register in DailyStory, and
+//! `simulate` posts the embedded `samples` to a running server.
 
 pub mod backup;
 pub mod catalog;
@@ -27,8 +29,11 @@ pub mod progress;
 pub mod prune;
 pub mod query;
 pub mod replay;
+pub mod samples;
 pub mod server;
+pub mod simulate;
 pub mod status;
 pub mod store;
 pub mod time;
+pub mod urls;
 pub mod writer;

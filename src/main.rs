@@ -27,6 +27,8 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Man => dsevents::cli::print_man().map_err(Into::into),
+        Command::Urls(args) => dsevents::urls::run(args),
+        Command::Simulate(args) => dsevents::simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
