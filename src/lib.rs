@@ -23,6 +23,8 @@ pub mod export;
 pub mod forget;
 pub mod http;
 pub mod import;
+pub mod logging;
+pub mod metrics;
 pub mod normalize;
 pub mod output;
 pub mod progress;

@@ -11,7 +11,7 @@ use dsevents::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    dsevents::logging::init(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => dsevents::server::run(args),
         Command::Query(command) => dsevents::query::run(command),
