@@ -57,7 +57,7 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
         None => Format::Csv,
     };
 
-    let connection = store::open_existing(&args.common.db.db)?;
+    let connection = store::open_for_reading(&args.common.db.db)?;
     // Table and column names come from the catalogue, never from input.
     let sql = match known {
         Some(kind) if !args.raw => format!(

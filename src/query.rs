@@ -259,7 +259,7 @@ fn opt_outs(args: OptOutsArgs) -> anyhow::Result<()> {
     }
     select.limit(args.limit);
 
-    let connection = store::open_existing(&args.common.db.db)?;
+    let connection = store::open_for_reading(&args.common.db.db)?;
     write_select(&connection, &select, &args.common)
 }
 
@@ -286,7 +286,7 @@ fn bounces(args: BouncesArgs) -> anyhow::Result<()> {
     window.apply(&mut select, "b.received_at >= :since", "b.received_at < :until");
     select.limit(args.limit);
 
-    let connection = store::open_existing(&args.common.db.db)?;
+    let connection = store::open_for_reading(&args.common.db.db)?;
     write_select(&connection, &select, &args.common)
 }
 
@@ -303,7 +303,7 @@ fn lead_status(args: LeadStatusArgs) -> anyhow::Result<()> {
     window.apply(&mut select, "changed_at >= :since", "changed_at < :until");
 
     let database = &args.common.db.db;
-    let connection = store::open_existing(database)?;
+    let connection = store::open_for_reading(database)?;
 
     // The view computes previous_status over each lead's whole history, so
     // SQLite can narrow it early by lead_id only: a condition on dsid alone
@@ -362,7 +362,7 @@ fn events(args: EventsArgs) -> anyhow::Result<()> {
     window.apply(&mut select, "received_at >= :since", "received_at < :until");
     select.limit(Some(args.limit));
 
-    let connection = store::open_existing(&args.common.db.db)?;
+    let connection = store::open_for_reading(&args.common.db.db)?;
     write_select(&connection, &select, &args.common)
 }
 
@@ -379,7 +379,7 @@ fn contact(args: ContactArgs) -> anyhow::Result<()> {
     select.limit(args.limit);
 
     let database = &args.common.db.db;
-    let connection = store::open_existing(database)?;
+    let connection = store::open_for_reading(database)?;
     let mut statement = connection.prepare(&select.sql()).with_context(|| query_failed(database))?;
     let mut rows = statement.query(select.params().as_slice()).with_context(|| query_failed(database))?;
 

@@ -71,7 +71,7 @@ pub struct Status {
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let silence = parse_duration(&args.silence).map_err(|error| UsageError(format!("--silence: {error}")))?;
-    let connection = crate::store::open_existing(&args.db.db)?;
+    let connection = crate::store::open_for_reading(&args.db.db)?;
     let status = read_status(&connection, &args.db.db, silence, Utc::now())?;
 
     match args.format {

@@ -53,6 +53,28 @@ pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
     Ok(connection)
 }
 
+/// Opens an existing database for reading only (reports, status, export),
+/// so a user who may read but not write the file can still run them. A file
+/// whose schema is older than this build is opened read-write instead, to
+/// bring it up to date.
+pub fn open_for_reading(path: &Path) -> anyhow::Result<Connection> {
+    if !path.exists() {
+        return open_existing(path);
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let version: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .with_context(|| format!("cannot read database {}: is it a SQLite file?", path.display()))?;
+    if version == SCHEMA_VERSION {
+        return Ok(connection);
+    }
+    drop(connection);
+    open_existing(path)
+}
+
 fn prepare_connection(connection: &Connection, path: &Path) -> anyhow::Result<()> {
     connection.busy_timeout(BUSY_TIMEOUT)?;
     // WAL lets readers (queries, sqlite3, Datasette) run beside the writer.
