@@ -22,6 +22,7 @@ use subtle::ConstantTimeEq;
 use crate::catalog;
 use crate::cli::{DbArg, UsageError};
 use crate::http::{self, Handler, Head, Limits, Response};
+use crate::metrics::Metrics;
 use crate::store::{self, Delivery, Parsed};
 use crate::writer::{Writer, WriterConfig, WriterHandle};
 
@@ -134,6 +135,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
 
+    let metrics = Arc::new(Metrics::new(&path));
+    seed_metrics(&health, &metrics)?;
+    let batch_metrics = Arc::clone(&metrics);
     let writer = Writer::start(
         connection,
         WriterConfig {
@@ -141,7 +145,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             duplicate_window_ms: args.duplicate_window.num_milliseconds(),
             reply_timeout: Duration::from_secs(30),
         },
-        Box::new(|_batch_size| {}),
+        Box::new(move |batch_size| batch_metrics.batch(batch_size)),
     )?;
 
     let app = Arc::new(App {
@@ -150,6 +154,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         writer: writer.handle(),
         health: Mutex::new(health),
         path: path.clone(),
+        metrics,
     });
     let limits = Limits {
         max_body: args.max_body,
@@ -176,6 +181,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     http::serve(listener, app, limits, shutdown, Duration::from_secs(20))?;
     writer.stop();
     info!("serve stopped");
+    Ok(())
+}
+
+/// Starts the last-delivery gauges from the database, so that a restart
+/// does not look like a kind that went silent.
+fn seed_metrics(connection: &rusqlite::Connection, metrics: &Metrics) -> anyhow::Result<()> {
+    let mut statement = connection.prepare("SELECT kind, max(received_at) FROM deliveries GROUP BY kind")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let kind: String = row.get(0)?;
+        let last: String = row.get(1)?;
+        if let Ok(time) = chrono::DateTime::parse_from_rfc3339(&last) {
+            metrics.seed_last_delivery(&kind, time.timestamp_millis());
+        }
+    }
     Ok(())
 }
 
@@ -210,16 +230,20 @@ struct App {
     /// A reader connection for /healthz.
     health: Mutex<rusqlite::Connection>,
     path: PathBuf,
+    metrics: Arc<Metrics>,
 }
 
 enum Route<'a> {
     Hook(&'a str),
     Health,
+    Metrics,
 }
 
 fn route(path: &str) -> Option<Route<'_>> {
-    if path == "/healthz" {
-        return Some(Route::Health);
+    match path {
+        "/healthz" => return Some(Route::Health),
+        "/metrics" => return Some(Route::Metrics),
+        _ => {}
     }
     let slug = path.strip_prefix("/hooks/")?;
     let slug = slug.strip_suffix('/').unwrap_or(slug);
@@ -276,9 +300,9 @@ impl Handler for App {
         }
         match route(&head.path) {
             None => Err(Response::error(404, "not found; deliveries go to POST /hooks/{kind}")),
-            Some(Route::Health) => match head.method.as_str() {
+            Some(Route::Health | Route::Metrics) => match head.method.as_str() {
                 "GET" | "HEAD" => Ok(()),
-                _ => Err(Response::error(405, "use GET for /healthz").with_header("Allow", "GET, HEAD")),
+                _ => Err(Response::error(405, &format!("use GET for {}", head.path)).with_header("Allow", "GET, HEAD")),
             },
             Some(Route::Hook(_)) if head.method != "POST" => {
                 Err(Response::error(405, "use POST to deliver a webhook").with_header("Allow", "POST"))
@@ -294,6 +318,14 @@ impl Handler for App {
     fn handle(&self, head: &Head, body: Vec<u8>) -> Response {
         let slug = match route(&head.path) {
             Some(Route::Health) => return self.health(),
+            Some(Route::Metrics) => {
+                return Response {
+                    status: 200,
+                    headers: vec![("Content-Type", "text/plain; version=0.0.4".to_string())],
+                    body: self.metrics.render().into_bytes(),
+                    close: false,
+                }
+            }
             Some(Route::Hook(slug)) => slug,
             None => return Response::error(404, "not found"),
         };
@@ -304,7 +336,10 @@ impl Handler for App {
         let reason = delivery.reason();
         let outcome = delivery.outcome();
 
-        match self.writer.write(delivery) {
+        let result = self.writer.write(delivery);
+        let counted_as = if result.is_ok() { outcome } else { "unavailable" };
+        self.metrics.delivery(slug, counted_as, chrono::Utc::now().timestamp_millis());
+        match result {
             Ok(receipt) => {
                 let mut answer = json!({ "id": receipt.id, "kind": slug, "outcome": outcome });
                 if let Some(original) = receipt.duplicate_of {
@@ -321,10 +356,15 @@ impl Handler for App {
     }
 
     fn record(&self, head: Option<&Head>, status: u16, body_bytes: usize, elapsed: Duration) {
+        self.metrics.request(status, elapsed);
         // The path only: the query string can carry the token.
         let (method, path) = head.map_or(("-", "-"), |head| (head.method.as_str(), head.path.as_str()));
+        let kind = match route(path) {
+            Some(Route::Hook(slug)) => slug,
+            _ => "-",
+        };
         debug!(
-            "request method={method} path={path} status={status} bytes={body_bytes} ms={:.3}",
+            "request method={method} path={path} status={status} kind={kind} bytes={body_bytes} ms={:.3}",
             elapsed.as_secs_f64() * 1000.0
         );
     }
