@@ -246,8 +246,14 @@ fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusql
     let (Some(original), Some(dsid)) = (original, delivery.dsid()) else {
         return Ok(original);
     };
+    // Email opt-outs and opt-ins share one body shape, so an opt-in between
+    // two identical opt-outs can have the very same body. The kind is
+    // compared too.
     let changed_since: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM deliveries WHERE dsid = ?1 AND id > ?2 AND body_sha256 <> ?3)")?
-        .query_row(params![dsid, original, &delivery.sha256[..]], |row| row.get(0))?;
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM deliveries
+                             WHERE dsid = ?1 AND id > ?2 AND (body_sha256 <> ?3 OR kind <> ?4))",
+        )?
+        .query_row(params![dsid, original, &delivery.sha256[..], delivery.kind], |row| row.get(0))?;
     Ok(if changed_since { None } else { Some(original) })
 }
