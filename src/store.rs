@@ -64,12 +64,19 @@ fn prepare_connection(connection: &Connection, path: &Path) -> anyhow::Result<()
     if !mode.eq_ignore_ascii_case("wal") {
         bail!("database {} cannot use WAL journaling (got {mode})", path.display());
     }
-    // Checkpoints run automatically every 1000 WAL pages (SQLite's default).
-    // A long reader can hold the WAL from being reset; once it ends, the
-    // next checkpoint resets it and the file is truncated to this limit.
+    // Checkpoint policy: SQLite's automatic checkpoint (PASSIVE, run after
+    // a commit that leaves 1000 or more pages in the WAL) copies the WAL
+    // into the database file, and the next write starts the WAL over from
+    // its beginning. A reader holding a transaction open blocks both, so
+    // the WAL grows while it lasts. Once it ends, the next checkpoint
+    // completes and the restarted WAL is truncated to journal_size_limit.
+    // That limit, 8 MiB, is about twice the WAL's steady size with 4 KiB
+    // pages, so the file shrinks back after a long reader but is not
+    // truncated in normal use. `serve` also checkpoints with TRUNCATE when
+    // it stops (see `writer`).
     connection.execute_batch(
         "PRAGMA synchronous = FULL;
-         PRAGMA journal_size_limit = 67108864;
+         PRAGMA journal_size_limit = 8388608;
          PRAGMA foreign_keys = ON;",
     )?;
     migrate(connection, path)
