@@ -130,9 +130,14 @@ impl Delivery {
     pub fn new(kind: &str, body: Vec<u8>, content_type: Option<String>, received_at: String) -> Delivery {
         let parsed = match catalog::by_slug(kind) {
             None => Parsed::UnknownKind,
-            Some(known) => match normalize::normalize(known, &body) {
-                Ok(row) => Parsed::Stored(known, row),
-                Err(reason) => Parsed::Quarantined(reason),
+            // A panic while normalizing is a bug in dsevents, but the body
+            // is still kept, quarantined, instead of the request being lost.
+            Some(known) => match std::panic::catch_unwind(|| normalize::normalize(known, &body)) {
+                Ok(Ok(row)) => Parsed::Stored(known, row),
+                Ok(Err(reason)) => Parsed::Quarantined(reason),
+                Err(_) => Parsed::Quarantined(
+                    "normalizing the body panicked (a bug in dsevents); the raw body is kept".to_string(),
+                ),
             },
         };
         let sha256 = Sha256::digest(&body).into();
