@@ -220,6 +220,10 @@ pub fn serve(
         }
     }
 
+    // Closing the listener makes new connections fail at once instead of
+    // waiting in the backlog until the drain ends.
+    drop(listener);
+
     let deadline = Instant::now() + drain;
     while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
