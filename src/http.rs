@@ -10,14 +10,18 @@
 //! * The request head must arrive within `Limits::header_timeout` of its
 //!   first byte and fit in `Limits::max_header_bytes`; a connection idle
 //!   for `Limits::idle_timeout` between requests is closed.
-//! * Both Transfer-Encoding and Content-Length, a Content-Length that is
-//!   not a number, or two different Content-Lengths get 400 and the
-//!   connection is closed, so no bytes can be read as a second request.
+//! * Ambiguous framing gets 400 and closes the connection, so no bytes can
+//!   be read as a second request. Ambiguous means both Transfer-Encoding
+//!   and Content-Length, a Content-Length that is not a number, two
+//!   different Content-Lengths, or a head line that ends in LF without CR.
 //! * A declared body over `Limits::max_body` gets 413 before it is read;
 //!   a chunked body is cut off at the limit with 413.
 //! * `Expect: 100-continue` gets the interim 100 answer once the head is
 //!   accepted; other expectations get 417.
 //! * A request rejected before its body was read closes the connection.
+//! * A connection whose bytes end before a request does (no complete head,
+//!   or a body shorter than announced) is closed without an answer, as
+//!   there is no complete request to answer.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -51,8 +55,11 @@ pub struct Limits {
 const MAX_HEADERS: usize = 64;
 /// How often a blocked read wakes up to check for shutdown.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
-/// Stack of each connection thread; requests are handled without recursion.
-const CONNECTION_STACK_BYTES: usize = 256 * 1024;
+/// Stack of each connection thread. Parsing a body recurses once per JSON
+/// nesting level, up to serde_json's limit of 128. In a debug build on
+/// x86-64 that needed between 256 and 320 KiB, so 1 MiB leaves room, and
+/// only the pages a thread touches use memory.
+const CONNECTION_STACK_BYTES: usize = 1024 * 1024;
 
 /// The request line and headers of a request.
 #[derive(Debug, Clone)]
@@ -220,6 +227,10 @@ pub fn serve(
         }
     }
 
+    // Closing the listener makes new connections fail at once instead of
+    // waiting in the backlog until the drain ends.
+    drop(listener);
+
     let deadline = Instant::now() + drain;
     while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
@@ -338,7 +349,7 @@ fn serve_connection(stream: TcpStream, handler: &dyn Handler, limits: &Limits, s
             let close = response.close || head.has_body();
             let response = if close { response.closing() } else { response };
             handler.record(Some(&head), response.status, 0, started.elapsed());
-            write_response(&stream, &response)?;
+            send_response(&stream, &response, head.method != "HEAD")?;
             if close {
                 return Ok(());
             }
@@ -370,7 +381,8 @@ fn serve_connection(stream: TcpStream, handler: &dyn Handler, limits: &Limits, s
             response.close = true;
         }
         handler.record(Some(&head), response.status, body_bytes, started.elapsed());
-        write_response(&stream, &response)?;
+        // A response to HEAD carries the headers of the GET response and no body.
+        send_response(&stream, &response, head.method != "HEAD")?;
         if response.close {
             return Ok(());
         }
@@ -414,7 +426,14 @@ fn read_head(connection: &mut Connection, limits: &Limits, peer: SocketAddr) -> 
     let deadline = arrived + limits.header_timeout;
     let mut searched = 0;
     let head_end = loop {
-        if let Some(position) = find_head_end(&connection.buffer, searched) {
+        let end = find_head_end(&connection.buffer, searched);
+        // httparse also accepts LF alone as a line ending, so it could end
+        // the head before this search does. Rejecting such a request keeps
+        // the two in agreement on where the body starts.
+        if has_bare_line_feed(&connection.buffer[..end.unwrap_or(connection.buffer.len())], searched) {
+            return Err(bad_request("a line of the request head ends with LF alone; end lines with CRLF"));
+        }
+        if let Some(position) = end {
             break position;
         }
         searched = connection.buffer.len().saturating_sub(3);
@@ -452,6 +471,11 @@ fn find_head_end(buffer: &[u8], from: usize) -> Option<usize> {
         .windows(4)
         .position(|window| window == b"\r\n\r\n")
         .map(|position| from + position + 4)
+}
+
+/// Returns true if `bytes` has an LF not preceded by CR at or after `from`.
+fn has_bare_line_feed(bytes: &[u8], from: usize) -> bool {
+    (from..bytes.len()).any(|index| bytes[index] == b'\n' && (index == 0 || bytes[index - 1] != b'\r'))
 }
 
 fn bad_request(reason: &str) -> ReadError {
@@ -513,9 +537,11 @@ fn framing(headers: &[(String, Vec<u8>)]) -> Result<Framing, ReadError> {
                     if part.is_empty() || !part.bytes().all(|byte| byte.is_ascii_digit()) {
                         return Err(bad_request(&format!("Content-Length '{text}' is not a number")));
                     }
-                    let parsed: u64 = part
-                        .parse()
-                        .map_err(|_| bad_request(&format!("Content-Length '{text}' is too large")))?;
+                    // Only digits remain, so a parse failure means the
+                    // number does not fit in 64 bits, which is over any limit.
+                    let parsed: u64 = part.parse().map_err(|_| {
+                        ReadError::Reject(Response::error(413, &format!("Content-Length '{text}' is over the body size limit")))
+                    })?;
                     if length.is_some_and(|seen| seen != parsed) {
                         return Err(bad_request("conflicting Content-Length headers"));
                     }
@@ -649,7 +675,11 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-fn write_response(mut stream: &TcpStream, response: &Response) -> io::Result<()> {
+fn write_response(stream: &TcpStream, response: &Response) -> io::Result<()> {
+    send_response(stream, response, true)
+}
+
+fn send_response(mut stream: &TcpStream, response: &Response, with_body: bool) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {} {}\r\n", response.status, reason_phrase(response.status));
     for (name, value) in &response.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -661,7 +691,9 @@ fn write_response(mut stream: &TcpStream, response: &Response) -> io::Result<()>
     head.push_str("\r\n");
 
     let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(&response.body);
+    if with_body {
+        bytes.extend_from_slice(&response.body);
+    }
     stream.write_all(&bytes)?;
     stream.flush()?;
     if response.close {

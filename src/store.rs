@@ -86,12 +86,19 @@ fn prepare_connection(connection: &Connection, path: &Path) -> anyhow::Result<()
     if !mode.eq_ignore_ascii_case("wal") {
         bail!("database {} cannot use WAL journaling (got {mode})", path.display());
     }
-    // Checkpoints run automatically every 1000 WAL pages (SQLite's default).
-    // A long reader can hold the WAL from being reset; once it ends, the
-    // next checkpoint resets it and the file is truncated to this limit.
+    // Checkpoint policy: SQLite's automatic checkpoint (PASSIVE, run after
+    // a commit that leaves 1000 or more pages in the WAL) copies the WAL
+    // into the database file, and the next write starts the WAL over from
+    // its beginning. A reader holding a transaction open blocks both, so
+    // the WAL grows while it lasts. Once it ends, the next checkpoint
+    // completes and the restarted WAL is truncated to journal_size_limit.
+    // That limit, 8 MiB, is about twice the WAL's steady size with 4 KiB
+    // pages, so the file shrinks back after a long reader but is not
+    // truncated in normal use. `serve` also checkpoints with TRUNCATE when
+    // it stops (see `writer`).
     connection.execute_batch(
         "PRAGMA synchronous = FULL;
-         PRAGMA journal_size_limit = 67108864;
+         PRAGMA journal_size_limit = 8388608;
          PRAGMA foreign_keys = ON;",
     )?;
     migrate(connection, path)
@@ -145,9 +152,14 @@ impl Delivery {
     pub fn new(kind: &str, body: Vec<u8>, content_type: Option<String>, received_at: String) -> Delivery {
         let parsed = match catalog::by_slug(kind) {
             None => Parsed::UnknownKind,
-            Some(known) => match normalize::normalize(known, &body) {
-                Ok(row) => Parsed::Stored(known, row),
-                Err(reason) => Parsed::Quarantined(reason),
+            // A panic while normalizing is a bug in dsevents, but the body
+            // is still kept, quarantined, instead of the request being lost.
+            Some(known) => match std::panic::catch_unwind(|| normalize::normalize(known, &body)) {
+                Ok(Ok(row)) => Parsed::Stored(known, row),
+                Ok(Err(reason)) => Parsed::Quarantined(reason),
+                Err(_) => Parsed::Quarantined(
+                    "normalizing the body panicked (a bug in dsevents); the raw body is kept".to_string(),
+                ),
             },
         };
         let sha256 = Sha256::digest(&body).into();
@@ -270,11 +282,15 @@ fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusql
     let (Some(original), Some(dsid)) = (original, delivery.dsid()) else {
         return Ok(original);
     };
+    // Email opt-outs and opt-ins share one body shape, so an opt-in between
+    // two identical opt-outs can carry the very same bytes: a delivery of
+    // the opposite kind counts even with an identical body.
     let opposite_kind = catalog::opposite(&delivery.kind).unwrap_or(&delivery.kind);
     let changed_since: bool = tx
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM deliveries
-                             WHERE dsid = ?1 AND id > ?2 AND body_sha256 <> ?3 AND kind IN (?4, ?5))",
+                             WHERE dsid = ?1 AND id > ?2 AND kind IN (?4, ?5)
+                               AND (body_sha256 <> ?3 OR kind <> ?4))",
         )?
         .query_row(
             params![dsid, original, &delivery.sha256[..], delivery.kind, opposite_kind],

@@ -56,7 +56,8 @@ pub fn parse_event_time(text: &str) -> Result<Option<DateTime<Utc>>, String> {
 /// large to be seconds before the year 5000.
 pub fn from_unix_number(number: i64) -> Option<DateTime<Utc>> {
     const MAX_SECONDS: i64 = 95_617_584_000; // 5000-01-01
-    if number.abs() < MAX_SECONDS {
+    // unsigned_abs, because abs() overflows on i64::MIN.
+    if number.unsigned_abs() < MAX_SECONDS.unsigned_abs() {
         Utc.timestamp_opt(number, 0).single()
     } else {
         Utc.timestamp_millis_opt(number).single()

@@ -104,6 +104,7 @@ impl Writer {
 }
 
 fn run(mut connection: Connection, receiver: Receiver<Message>, config: WriterConfig, observer: BatchObserver) {
+    let mut outage = Outage::default();
     let mut stopping = false;
     while !stopping {
         let first = match receiver.recv() {
@@ -123,12 +124,12 @@ fn run(mut connection: Connection, receiver: Receiver<Message>, config: WriterCo
             }
         }
 
-        write_jobs(&mut connection, jobs, config.duplicate_window_ms, &observer);
+        write_jobs(&mut connection, jobs, config.duplicate_window_ms, &observer, &mut outage);
     }
 
     // Deliveries queued behind the stop message still get written.
     while let Ok(Message::Write(job)) = receiver.try_recv() {
-        write_jobs(&mut connection, vec![job], config.duplicate_window_ms, &observer);
+        write_jobs(&mut connection, vec![job], config.duplicate_window_ms, &observer, &mut outage);
     }
     match connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0)) {
         Ok(0) => info!("checkpointed the WAL into the database file"),
@@ -137,33 +138,95 @@ fn run(mut connection: Connection, receiver: Receiver<Message>, config: WriterCo
     }
 }
 
-/// Commits `jobs` in one transaction and answers each. When the batch fails,
-/// each job is retried alone, so one delivery that cannot be written does
-/// not take the others down with it.
-fn write_jobs(connection: &mut Connection, jobs: Vec<Job>, window_ms: i64, observer: &BatchObserver) {
+/// A run of failed writes, logged when it starts or its cause changes and
+/// once when it ends, so that a full disk does not flood the log with one
+/// line per delivery.
+#[derive(Default)]
+struct Outage {
+    /// Deliveries that got a 503 response since the last successful commit.
+    refused: usize,
+    /// The cause last logged.
+    cause: String,
+}
+
+impl Outage {
+    fn record_failure(&mut self, delivery: &Delivery, cause: &rusqlite::Error) {
+        let cause = cause.to_string();
+        if self.refused == 0 || cause != self.cause {
+            error!(
+                "delivery not stored, responding 503 until writes succeed again: kind={} bytes={} cause={cause}",
+                delivery.kind,
+                delivery.body.len()
+            );
+            self.cause = cause;
+        }
+        self.refused += 1;
+    }
+
+    fn record_success(&mut self) {
+        if self.refused > 0 {
+            info!("writes succeed again after {} deliveries got a 503 response", self.refused);
+            self.refused = 0;
+        }
+    }
+}
+
+/// Returns true for errors that concern the whole store rather than one
+/// delivery: a full disk, a read-only or missing file, an I/O error, or a
+/// lock held past the busy timeout. Retrying the deliveries of a batch one
+/// by one cannot help then, and would make each wait out the busy timeout.
+fn is_store_wide(cause: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        cause.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::ReadOnly
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::PermissionDenied
+                | ErrorCode::OutOfMemory
+                | ErrorCode::DatabaseCorrupt
+                | ErrorCode::NotADatabase
+        )
+    )
+}
+
+/// Commits `jobs` in one transaction and sends each its result. When the batch fails
+/// for a reason that may lie in one delivery, each job is retried alone, so
+/// one delivery that cannot be written does not take the others down with
+/// it.
+fn write_jobs(
+    connection: &mut Connection,
+    jobs: Vec<Job>,
+    window_ms: i64,
+    observer: &BatchObserver,
+    outage: &mut Outage,
+) {
     let deliveries: Vec<&Delivery> = jobs.iter().map(|job| &job.delivery).collect();
     match commit(connection, &deliveries, window_ms) {
         Ok(receipts) => {
+            outage.record_success();
             observer(jobs.len());
             for (job, receipt) in jobs.into_iter().zip(receipts) {
                 // The handler may have timed out and left; nothing to tell it.
                 let _ = job.reply.send(Ok(receipt));
             }
         }
-        Err(cause) if jobs.len() > 1 => {
+        Err(cause) if jobs.len() > 1 && !is_store_wide(&cause) => {
             warn!("batch of {} deliveries failed, retrying one by one: {cause}", jobs.len());
             for job in jobs {
-                write_jobs(connection, vec![job], window_ms, observer);
+                write_jobs(connection, vec![job], window_ms, observer, outage);
             }
         }
         Err(cause) => {
-            let job = &jobs[0];
-            error!(
-                "delivery not stored, answered 503: kind={} bytes={} cause={cause}",
-                job.delivery.kind,
-                job.delivery.body.len()
-            );
-            let _ = job.reply.send(Err(format!("store unavailable: {cause}")));
+            for job in jobs {
+                outage.record_failure(&job.delivery, &cause);
+                // As above, the handler may have left.
+                let _ = job.reply.send(Err(format!("store unavailable: {cause}")));
+            }
         }
     }
 }
