@@ -182,6 +182,9 @@ pub fn serve(
 ) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
     let limits = Arc::new(limits);
+    // Out of file descriptors, accept fails in a tight loop: log it once a
+    // minute with a count.
+    let throttle = crate::logging::Throttle::default();
 
     for stream in listener.incoming() {
         if shutdown.load(Ordering::SeqCst) {
@@ -191,7 +194,7 @@ pub fn serve(
             Ok(stream) => stream,
             Err(error) => {
                 // EMFILE and similar pass once connections close; keep serving.
-                warn!("accept failed: {error}");
+                throttle.error(&format!("accept {:?}", error.kind()), &format!("accept failed: {error}"));
                 thread::sleep(Duration::from_millis(10));
                 continue;
             }
@@ -223,7 +226,7 @@ pub fn serve(
                 }
             });
         if let Err(error) = spawned {
-            warn!("cannot start a connection thread: {error}");
+            throttle.error("spawn", &format!("cannot start a connection thread, connection dropped: {error}"));
         }
     }
 
