@@ -142,6 +142,9 @@ pub struct Delivery {
     pub kind: String,
     pub body: Vec<u8>,
     pub content_type: Option<String>,
+    /// Where the delivery came from when not over HTTP, such as
+    /// `import events.ndjson:12`.
+    pub source: Option<String>,
     pub sha256: [u8; 32],
     pub parsed: Parsed,
 }
@@ -163,7 +166,7 @@ impl Delivery {
             },
         };
         let sha256 = Sha256::digest(&body).into();
-        Delivery { received_at, kind: kind.to_string(), body, content_type, sha256, parsed }
+        Delivery { received_at, kind: kind.to_string(), body, content_type, source: None, sha256, parsed }
     }
 
     pub fn outcome(&self) -> &'static str {
@@ -214,8 +217,8 @@ pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, duplicate_window_m
     let duplicate_of = find_original(tx, delivery, duplicate_window_ms)?;
     tx.prepare_cached(
         "INSERT INTO deliveries
-             (received_at, kind, body, body_bytes, body_sha256, content_type, outcome, error, dsid, duplicate_of)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             (received_at, kind, body, body_bytes, body_sha256, content_type, source, outcome, error, dsid, duplicate_of)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         delivery.received_at,
@@ -224,6 +227,7 @@ pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, duplicate_window_m
         delivery.body.len() as i64,
         &delivery.sha256[..],
         delivery.content_type,
+        delivery.source,
         delivery.outcome(),
         delivery.reason(),
         delivery.dsid(),
