@@ -118,8 +118,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    duration.ok_or_else(|| format!("invalid duration '{text}': too large"))
+    // Capped so that subtracting a duration from any time of this century
+    // stays within chrono's range.
+    let max = Duration::days(MAX_DURATION_DAYS);
+    duration
+        .filter(|duration| *duration <= max)
+        .ok_or_else(|| format!("invalid duration '{text}': more than {MAX_DURATION_DAYS} days (100 years)"))
 }
+
+/// Longest duration accepted anywhere: 100 years.
+const MAX_DURATION_DAYS: i64 = 36_525;
 
 /// Reads a `--since` or `--until` value: a duration back from `now` (`7d`),
 /// a date (`2026-03-01`, midnight UTC) or a timestamp.
