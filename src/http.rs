@@ -400,6 +400,11 @@ fn check_head(head: &Head, handler: &dyn Handler, limits: &Limits) -> Result<(),
         }
     }
     handler.check(head)?;
+    // Without a length or chunked framing a POST body cannot be delimited
+    // (HTTP/1.0 clients may mean "until the connection closes").
+    if head.method == "POST" && head.header("content-length").is_none() && head.header("transfer-encoding").is_none() {
+        return Err(Response::error(411, "send the body with a Content-Length header or chunked encoding").closing());
+    }
     if let Some(length) = head.content_length() {
         if length > limits.max_body as u64 {
             return Err(Response::error(
@@ -502,18 +507,21 @@ fn parse_head(bytes: &[u8], peer: SocketAddr) -> Result<Head, ReadError> {
 
     let method = request.method.unwrap_or_default().to_string();
     let target = request.path.unwrap_or_default();
-    // An absolute-form target (http://host/path) names the path after the authority.
-    let target = match target.find("://") {
-        Some(scheme_end) => {
+    // An absolute-form target (http://host/path?query) names the path after
+    // the authority; an origin-form target starts with '/'. The query is
+    // split off first, so a URL inside it cannot be taken for the path.
+    let (target, query) = match target.split_once('?') {
+        Some((target, query)) => (target, Some(query.to_string())),
+        None => (target, None),
+    };
+    let target = match (target.starts_with('/'), target.find("://")) {
+        (false, Some(scheme_end)) => {
             let after = &target[scheme_end + 3..];
             after.find('/').map_or("/", |slash| &after[slash..])
         }
-        None => target,
+        _ => target,
     };
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path.to_string(), Some(query.to_string())),
-        None => (target.to_string(), None),
-    };
+    let path = normalize_path(target);
     let headers: Vec<(String, Vec<u8>)> = request
         .headers
         .iter()
@@ -522,6 +530,38 @@ fn parse_head(bytes: &[u8], peer: SocketAddr) -> Result<Head, ReadError> {
 
     let body = framing(&headers)?;
     Ok(Head { method, path, query, headers, peer, minor_version: request.version.unwrap_or(1), body })
+}
+
+/// Decodes percent-escaped unreserved characters (RFC 3986 section 6.2.2.2
+/// makes `%2D` and `-` equivalent) and merges repeated slashes. Other
+/// escapes stay as sent.
+fn normalize_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut normalized = String::with_capacity(path.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        if byte == b'%' && index + 2 < bytes.len() {
+            let decoded = std::str::from_utf8(&bytes[index + 1..index + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .filter(|decoded| decoded.is_ascii_alphanumeric() || b"-._~".contains(decoded));
+            if let Some(decoded) = decoded {
+                normalized.push(decoded as char);
+                index += 3;
+                continue;
+            }
+        }
+        if byte == b'/' && normalized.ends_with('/') {
+            index += 1;
+            continue;
+        }
+        // Copy one whole UTF-8 character.
+        let width = path[index..].chars().next().map_or(1, char::len_utf8);
+        normalized.push_str(&path[index..index + width]);
+        index += width;
+    }
+    normalized
 }
 
 /// Decides how the body is delimited, rejecting ambiguous framing that
@@ -669,6 +709,7 @@ fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
         413 => "Content Too Large",
         417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
@@ -722,6 +763,16 @@ mod tests {
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
         pairs.iter().map(|(name, value)| (name.to_string(), value.as_bytes().to_vec())).collect()
+    }
+
+    #[test]
+    fn path_normalization() {
+        assert_eq!(normalize_path("/hooks/email%2Dbounced"), "/hooks/email-bounced");
+        assert_eq!(normalize_path("/hooks/%65mail-bounced"), "/hooks/email-bounced");
+        assert_eq!(normalize_path("//hooks///x"), "/hooks/x");
+        assert_eq!(normalize_path("/hooks/a%2Fb"), "/hooks/a%2Fb");
+        assert_eq!(normalize_path("/hooks/%"), "/hooks/%");
+        assert_eq!(normalize_path("/hooks/é%4"), "/hooks/é%4");
     }
 
     #[test]

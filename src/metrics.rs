@@ -18,7 +18,7 @@ const LATENCY_BOUNDS: [f64; 13] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 /// Upper bounds of the writer batch size buckets, in deliveries.
 const BATCH_BOUNDS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 /// HTTP statuses counted one by one; others are counted as "other".
-const STATUSES: [u16; 14] = [200, 202, 400, 401, 403, 404, 405, 408, 413, 417, 431, 500, 503, 0];
+const STATUSES: [u16; 15] = [200, 202, 400, 401, 403, 404, 405, 408, 411, 413, 417, 431, 500, 503, 0];
 
 struct Histogram {
     bounds: &'static [f64],

@@ -6,7 +6,6 @@
 //! too large, 503 store unavailable. Nothing is stored for a 4xx answer.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,21 +61,28 @@ pub struct ServeArgs {
     pub duplicate_window: chrono::Duration,
 
     /// Connections served at once; more are answered 503.
-    #[arg(long, default_value_t = 1024, value_name = "COUNT")]
+    #[arg(long, default_value_t = 1024, value_name = "COUNT", value_parser = parse_count)]
     pub max_connections: usize,
 
     /// Seconds a client may take to send a request's headers, and again
     /// its body, before it gets 408.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub read_timeout: u64,
 
     /// Seconds a kept-alive connection may stay idle between requests.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_timeout: u64,
 
     /// Most deliveries committed in one transaction.
-    #[arg(long, default_value_t = 256, value_name = "COUNT")]
+    #[arg(long, default_value_t = 256, value_name = "COUNT", value_parser = parse_count)]
     pub max_batch: usize,
+}
+
+fn parse_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(count) if count >= 1 => Ok(count),
+        _ => Err(format!("'{text}' is not a count; give a whole number of 1 or more")),
+    }
 }
 
 fn parse_network(text: &str) -> Result<IpNet, String> {
@@ -141,7 +147,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let writer = Writer::start(
         connection,
         WriterConfig {
-            max_batch: args.max_batch.max(1),
+            max_batch: args.max_batch,
             duplicate_window_ms: args.duplicate_window.num_milliseconds(),
             reply_timeout: Duration::from_secs(30),
         },
@@ -153,7 +159,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         allow_from: args.allow_from.clone(),
         writer: writer.handle(),
         health: Mutex::new(health),
-        path: path.clone(),
         metrics,
     });
     let limits = Limits {
@@ -163,7 +168,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         body_timeout: Duration::from_secs(args.read_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         write_timeout: Duration::from_secs(args.read_timeout),
-        max_connections: args.max_connections.max(1),
+        max_connections: args.max_connections,
     };
 
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -229,17 +234,17 @@ struct App {
     writer: WriterHandle,
     /// A reader connection for /healthz.
     health: Mutex<rusqlite::Connection>,
-    path: PathBuf,
     metrics: Arc<Metrics>,
 }
 
-enum Route<'a> {
-    Hook(&'a str),
+enum Route {
+    /// A delivery for the kind slug, lowercased.
+    Hook(String),
     Health,
     Metrics,
 }
 
-fn route(path: &str) -> Option<Route<'_>> {
+fn route(path: &str) -> Option<Route> {
     match path {
         "/healthz" => return Some(Route::Health),
         "/metrics" => return Some(Route::Metrics),
@@ -250,7 +255,8 @@ fn route(path: &str) -> Option<Route<'_>> {
     let valid = !slug.is_empty()
         && slug.len() <= 64
         && slug.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
-    valid.then_some(Route::Hook(slug))
+    // Slugs are lowercase; a URL typed as /hooks/Email-Bounced means the same.
+    valid.then(|| Route::Hook(slug.to_ascii_lowercase()))
 }
 
 impl App {
@@ -287,7 +293,10 @@ impl App {
         match connection.query_row("SELECT count(*) FROM deliveries WHERE id = (SELECT max(id) FROM deliveries)", [], |row| {
             row.get::<_, i64>(0)
         }) {
-            Ok(_) => Response::json(200, &json!({ "status": "ok", "database": self.path.display().to_string() })),
+            Ok(_) => match self.writer.failure() {
+                None => Response::json(200, &json!({ "status": "ok" })),
+                Some(reason) => Response::json(503, &json!({ "status": "failing", "error": reason })),
+            },
             Err(cause) => Response::error(503, &format!("database unreachable: {cause}")),
         }
     }
@@ -330,8 +339,18 @@ impl Handler for App {
             None => return Response::error(404, "not found"),
         };
 
+        let slug = slug.as_str();
         let content_type = head.header("content-type").map(str::to_string);
-        let delivery = Delivery::new(slug, body, content_type, crate::time::now_text());
+        let mut delivery = Delivery::new(slug, body, content_type, crate::time::now_text());
+        // An encoded body cannot be read as JSON; say so instead of
+        // reporting invalid JSON.
+        if let Some(encoding) = head.header("content-encoding").map(str::trim) {
+            if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+                delivery.parsed = Parsed::Quarantined(format!(
+                    "Content-Encoding '{encoding}' is not supported; the body is kept as received"
+                ));
+            }
+        }
         let stored = matches!(delivery.parsed, Parsed::Stored(..));
         let reason = delivery.reason();
         let outcome = delivery.outcome();
@@ -346,7 +365,7 @@ impl Handler for App {
                     answer["duplicate_of"] = json!(original);
                 }
                 if let Some(reason) = reason {
-                    debug!("delivery {} kept as {outcome}: {reason}", receipt.id);
+                    info!("delivery {} kind={slug} kept as {outcome}: {reason}", receipt.id);
                     answer["reason"] = json!(reason);
                 }
                 Response::json(if stored { 200 } else { 202 }, &answer)
@@ -361,7 +380,7 @@ impl Handler for App {
         let (method, path) = head.map_or(("-", "-"), |head| (head.method.as_str(), head.path.as_str()));
         let kind = match route(path) {
             Some(Route::Hook(slug)) => slug,
-            _ => "-",
+            _ => "-".to_string(),
         };
         debug!(
             "request method={method} path={path} status={status} kind={kind} bytes={body_bytes} ms={:.3}",
@@ -423,8 +442,9 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert!(matches!(route("/hooks/email-bounced"), Some(Route::Hook("email-bounced"))));
-        assert!(matches!(route("/hooks/email-bounced/"), Some(Route::Hook("email-bounced"))));
+        assert!(matches!(route("/hooks/email-bounced"), Some(Route::Hook(slug)) if slug == "email-bounced"));
+        assert!(matches!(route("/hooks/email-bounced/"), Some(Route::Hook(slug)) if slug == "email-bounced"));
+        assert!(matches!(route("/hooks/EMAIL-Bounced"), Some(Route::Hook(slug)) if slug == "email-bounced"));
         assert!(route("/hooks/").is_none());
         assert!(route("/hooks/a/b").is_none());
         assert!(route("/other").is_none());

@@ -22,6 +22,9 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Opens or creates the database at `path` for `serve`, and brings its
 /// schema up to date.
 pub fn open_or_create(path: &Path) -> anyhow::Result<Connection> {
+    if path.is_dir() {
+        bail!("--db {} is a directory; give the path of the database file", path.display());
+    }
     if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         if !parent.is_dir() {
             bail!(
@@ -33,13 +36,16 @@ pub fn open_or_create(path: &Path) -> anyhow::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(path, flags)
         .with_context(|| format!("cannot open database {}", path.display()))?;
-    prepare_connection(&connection, path)?;
+    prepare_connection(&connection, path, true)?;
     Ok(connection)
 }
 
 /// Opens an existing database for a command that reads or edits it. A
 /// missing file is an error naming the path, never a new empty database.
 pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
+    if path.is_dir() {
+        bail!("--db {} is a directory; give the path of the database file", path.display());
+    }
     if !path.exists() {
         bail!(
             "database {} not found; pass --db PATH (or set DSEVENTS_DB) to the file `dsevents serve` writes",
@@ -49,7 +55,7 @@ pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(path, flags)
         .with_context(|| format!("cannot open database {}", path.display()))?;
-    prepare_connection(&connection, path)?;
+    prepare_connection(&connection, path, false)?;
     Ok(connection)
 }
 
@@ -58,7 +64,7 @@ pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
 /// whose schema is older than this build is opened read-write instead, to
 /// bring it up to date.
 pub fn open_for_reading(path: &Path) -> anyhow::Result<Connection> {
-    if !path.exists() {
+    if !path.is_file() {
         return open_existing(path);
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -71,12 +77,43 @@ pub fn open_for_reading(path: &Path) -> anyhow::Result<Connection> {
     if version == SCHEMA_VERSION {
         return Ok(connection);
     }
+    check_schema(&connection, path, false)?;
     drop(connection);
     open_existing(path)
 }
 
-fn prepare_connection(connection: &Connection, path: &Path) -> anyhow::Result<()> {
+/// Fails unless the file is a dsevents database, or (when `may_create`) an
+/// empty one that dsevents may set up. Runs before anything is written, so
+/// another program's SQLite file given by mistake is left untouched.
+fn check_schema(connection: &Connection, path: &Path, may_create: bool) -> anyhow::Result<()> {
+    let version: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .with_context(|| format!("cannot read database {}: is it a SQLite file?", path.display()))?;
+    let (tables, has_deliveries): (i64, bool) = connection.query_row(
+        "SELECT count(*), coalesce(sum(name = 'deliveries'), 0) > 0 FROM sqlite_master
+          WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    if version > 0 || has_deliveries || (tables == 0 && may_create) {
+        return Ok(());
+    }
+    if tables == 0 {
+        bail!(
+            "database {} is empty, not a dsevents database; pass --db PATH to the file `dsevents serve` writes",
+            path.display()
+        );
+    }
+    bail!(
+        "{} is a SQLite database of another program (it has {tables} tables and no deliveries table); \
+         pass --db PATH to the file `dsevents serve` writes, or a new path",
+        path.display()
+    )
+}
+
+fn prepare_connection(connection: &Connection, path: &Path, may_create: bool) -> anyhow::Result<()> {
     connection.busy_timeout(BUSY_TIMEOUT)?;
+    check_schema(connection, path, may_create)?;
     // WAL lets readers (queries, sqlite3, Datasette) run beside the writer.
     // synchronous=FULL syncs the WAL on every commit, so a commit that has
     // returned survives power loss; `serve` answers only after that commit.

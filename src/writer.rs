@@ -9,6 +9,7 @@
 //! at once, never held back waiting for company.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -46,9 +47,19 @@ struct Job {
 pub struct WriterHandle {
     sender: SyncSender<Message>,
     reply_timeout: Duration,
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl WriterHandle {
+    /// Returns the reason writes are failing now, or None while the last
+    /// commit succeeded.
+    pub fn failure(&self) -> Option<String> {
+        match self.failure.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// Writes a delivery and returns once it is committed. An `Err` is the
     /// one-line reason it was not: the delivery must not be acknowledged.
     pub fn write(&self, delivery: Delivery) -> Result<Receipt, String> {
@@ -79,10 +90,21 @@ impl Writer {
         // Bounded so that a stalled disk pushes back on handlers instead of
         // queueing without limit.
         let (sender, receiver) = mpsc::sync_channel(config.max_batch * 4);
-        let handle = WriterHandle { sender, reply_timeout: config.reply_timeout };
-        let thread = thread::Builder::new()
-            .name("writer".to_string())
-            .spawn(move || run(connection, receiver, config, observer))?;
+        let failure = Arc::new(Mutex::new(None));
+        let handle = WriterHandle { sender, reply_timeout: config.reply_timeout, failure: Arc::clone(&failure) };
+        let thread = thread::Builder::new().name("writer".to_string()).spawn(move || {
+            let outage = Outage { failure, ..Outage::default() };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(connection, receiver, config, observer, outage)
+            }));
+            if result.is_err() {
+                // Without the writer every delivery would get 503 while the
+                // process looks alive; exiting lets the service manager
+                // restart it. Unanswered deliveries are retried by DailyStory.
+                error!("the writer thread panicked; exiting so that dsevents is restarted");
+                std::process::exit(70);
+            }
+        })?;
         Ok(Writer { handle, thread: Some(thread) })
     }
 
@@ -103,8 +125,13 @@ impl Writer {
     }
 }
 
-fn run(mut connection: Connection, receiver: Receiver<Message>, config: WriterConfig, observer: BatchObserver) {
-    let mut outage = Outage::default();
+fn run(
+    mut connection: Connection,
+    receiver: Receiver<Message>,
+    config: WriterConfig,
+    observer: BatchObserver,
+    mut outage: Outage,
+) {
     let mut stopping = false;
     while !stopping {
         let first = match receiver.recv() {
@@ -147,6 +174,8 @@ struct Outage {
     refused: usize,
     /// The cause last logged.
     cause: String,
+    /// The current failure, shared with `WriterHandle::failure`.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Outage {
@@ -158,6 +187,7 @@ impl Outage {
                 delivery.kind,
                 delivery.body.len()
             );
+            set_failure(&self.failure, Some(format!("store unavailable: {cause}")));
             self.cause = cause;
         }
         self.refused += 1;
@@ -167,7 +197,15 @@ impl Outage {
         if self.refused > 0 {
             info!("writes succeed again after {} deliveries got a 503 response", self.refused);
             self.refused = 0;
+            set_failure(&self.failure, None);
         }
+    }
+}
+
+fn set_failure(failure: &Mutex<Option<String>>, value: Option<String>) {
+    match failure.lock() {
+        Ok(mut guard) => *guard = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
     }
 }
 
