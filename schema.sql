@@ -50,7 +50,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 
 CREATE INDEX IF NOT EXISTS deliveries_kind_received ON deliveries (kind, received_at);
-CREATE INDEX IF NOT EXISTS deliveries_fingerprint ON deliveries (body_sha256);
+-- Finds an earlier copy of a body (a retry) for duplicate_of. With kind and
+-- received_at in the index, the lookup on every insert reads only copies of
+-- that body; with body_sha256 alone the planner preferred
+-- deliveries_kind_received and scanned every delivery of the kind within
+-- the duplicate window.
+CREATE INDEX IF NOT EXISTS deliveries_fingerprint ON deliveries (body_sha256, kind, received_at);
 CREATE INDEX IF NOT EXISTS deliveries_dsid ON deliveries (dsid) WHERE dsid IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_source ON deliveries (source) WHERE source IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_not_stored ON deliveries (outcome, id)

@@ -305,6 +305,13 @@ fn insert_sql(kind: &Kind) -> String {
     )
 }
 
+/// The newest earlier copy of a body of the same kind within the window. It
+/// runs on every insert, so it must search `deliveries_fingerprint`; a test
+/// checks the plan.
+const FIND_ORIGINAL_SQL: &str = "SELECT id FROM deliveries
+  WHERE body_sha256 = ?1 AND kind = ?2 AND received_at >= ?3 AND duplicate_of IS NULL
+  ORDER BY id DESC LIMIT 1";
+
 fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusqlite::Result<Option<i64>> {
     if window_ms <= 0 {
         return Ok(None);
@@ -313,11 +320,7 @@ fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusql
         .map(|time| crate::time::format_utc(time.to_utc() - chrono::Duration::milliseconds(window_ms)))
         .unwrap_or_default();
     let original: Option<i64> = tx
-        .prepare_cached(
-            "SELECT id FROM deliveries
-              WHERE body_sha256 = ?1 AND kind = ?2 AND received_at >= ?3 AND duplicate_of IS NULL
-              ORDER BY id DESC LIMIT 1",
-        )?
+        .prepare_cached(FIND_ORIGINAL_SQL)?
         .query_row(params![&delivery.sha256[..], delivery.kind, since], |row| row.get(0))
         .optional()?;
     let (Some(original), Some(dsid)) = (original, delivery.dsid()) else {
@@ -338,4 +341,30 @@ fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusql
             |row| row.get(0),
         )?;
     Ok(if changed_since { None } else { Some(original) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The duplicate lookup runs inside the writer's transaction for every
+    /// delivery; a plan that scans the kind's deliveries made each insert
+    /// slower as the table grew.
+    #[test]
+    fn duplicate_lookup_uses_fingerprint_index() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(SCHEMA_SQL).unwrap();
+        let plan: Vec<String> = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {FIND_ORIGINAL_SQL}"))
+            .unwrap()
+            .query_map(params![&[0u8; 32][..], "email-opt-out", "2026-01-01T00:00:00.000Z"], |row| row.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let search = plan.iter().find(|step| step.starts_with("SEARCH deliveries"));
+        assert!(
+            search.is_some_and(|step| step.contains("deliveries_fingerprint (body_sha256=? AND kind=? AND received_at>?)")),
+            "plan: {plan:?}"
+        );
+    }
 }
