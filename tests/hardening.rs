@@ -744,6 +744,9 @@ fn full_disk_is_503_and_recovers() {
     assert!(logged.contains("not stored"), "failure not logged:\n{logged}");
     assert!(logged.contains("database or disk is full"), "cause not logged:\n{logged}");
     assert_eq!(logged.matches("not stored").count(), 1, "each failure logged again:\n{logged}");
+    let health = server.request("GET", "/healthz", &[], b"");
+    assert_eq!(health.status, 503, "health shows the failing store: {}", health.body);
+    assert!(health.body.contains("full"), "{}", health.body);
 
     // Space returns: the same process stores deliveries again.
     fs::remove_file(&ballast).expect("remove ballast");
