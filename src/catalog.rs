@@ -1,10 +1,10 @@
-//! The event catalogue: every DailyStory webhook kind this receiver knows,
+//! The event catalogue: every DailyStory webhook kind this receiver reads,
 //! with its URL slug, its table in `schema.sql` and its documented fields.
 //!
 //! Adding a kind means one entry in `KINDS` and one table in `schema.sql`;
 //! a test checks that the two agree column by column.
 
-/// How a documented field is stored in its typed column.
+/// The storage type of a documented field's column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldType {
     /// Stored as text; numbers and booleans sent in its place are kept as their text.

@@ -16,7 +16,7 @@
 //!   different Content-Lengths, or a head line that ends in LF without CR.
 //! * A declared body over `Limits::max_body` gets 413 before it is read;
 //!   a chunked body is cut off at the limit with 413.
-//! * `Expect: 100-continue` gets the interim 100 answer once the head is
+//! * `Expect: 100-continue` gets the interim 100 response once the head is
 //!   accepted; other expectations get 417.
 //! * A request rejected before its body was read closes the connection.
 //! * A connection whose bytes end before a request does (no complete head,
@@ -45,9 +45,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Time a kept-alive connection may wait for its next request.
     pub idle_timeout: Duration,
-    /// Time allowed for writing an answer.
+    /// Time allowed for writing a response.
     pub write_timeout: Duration,
-    /// Connections served at once; more are answered 503 and closed.
+    /// Connections served at once. More get a 503 response and are closed.
     pub max_connections: usize,
 }
 
@@ -154,7 +154,7 @@ impl Response {
     }
 }
 
-/// What the server does with requests.
+/// The application behind the HTTP layer: routing, checks and responses.
 pub trait Handler: Send + Sync + 'static {
     /// Decides from the head alone whether to read the body. An `Err`
     /// answers at once without reading the body.
@@ -171,8 +171,8 @@ pub trait Handler: Send + Sync + 'static {
 /// Accepts connections until `shutdown` is set, then waits up to `drain`
 /// for the connections in flight to finish their current request.
 ///
-/// The accept call blocks; whoever sets `shutdown` must wake it with
-/// `wake_listener`.
+/// The accept call blocks, so the code that sets `shutdown` must wake it
+/// with `wake_listener`.
 pub fn serve(
     listener: TcpListener,
     handler: Arc<dyn Handler>,
@@ -266,7 +266,7 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Why reading a request stopped.
+/// The reason reading a request stopped.
 enum ReadError {
     /// The peer closed the connection or stayed idle; nothing to answer.
     Closed,
@@ -677,7 +677,7 @@ fn read_chunked(connection: &mut Connection, limits: &Limits, deadline: Instant)
             return Err(bad_request("chunk data is not followed by CRLF"));
         }
         position += size + 2;
-        // Drop consumed bytes so the buffer holds at most one chunk.
+        // Drop consumed bytes so the buffer contains at most one chunk.
         connection.buffer.drain(..position);
         position = 0;
     }

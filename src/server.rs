@@ -1,9 +1,10 @@
-//! The `serve` command: routes, authentication and answers, on top of the
+//! The `serve` command: routes, authentication and responses, on top of the
 //! connection handling in `http` and the group-commit `writer`.
 //!
-//! Answers: 200 stored, 202 kept but not normalized, 401 bad token, 403
-//! source address not allowed, 404 unknown route, 405 wrong method, 413 body
-//! too large, 503 store unavailable. Nothing is stored for a 4xx answer.
+//! Responses: 200 stored, 202 kept but not normalized, 401 bad token, 403
+//! source address not allowed, 404 unknown route, 405 wrong method, 503 store
+//! unavailable. The `http` layer adds 400, 408, 411, 413, 417 and 431 for
+//! requests it cannot read. Nothing is stored for a 4xx response.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,12 +47,12 @@ pub struct ServeArgs {
 
     /// Accept requests only from this network (such as 203.0.113.0/24 or
     /// 2001:db8::/32; a bare address means that one host); repeatable.
-    /// Others are answered 403.
+    /// Others get 403.
     #[arg(long = "allow-from", value_name = "CIDR", value_parser = parse_network)]
     pub allow_from: Vec<IpNet>,
 
     /// Largest accepted body, in bytes; K, KiB, M and MiB suffixes are
-    /// accepted. Larger bodies are answered 413 and not stored.
+    /// accepted. Larger bodies get 413 and are not stored.
     #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = parse_size)]
     pub max_body: usize,
 
@@ -342,8 +343,8 @@ impl Handler for App {
         let slug = slug.as_str();
         let content_type = head.header("content-type").map(str::to_string);
         let mut delivery = Delivery::new(slug, body, content_type, crate::time::now_text());
-        // An encoded body cannot be read as JSON; say so instead of
-        // reporting invalid JSON.
+        // An encoded body cannot be read as JSON. The reason names the
+        // encoding instead of reporting invalid JSON.
         if let Some(encoding) = head.header("content-encoding").map(str::trim) {
             if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
                 delivery.parsed = Parsed::Quarantined(format!(

@@ -116,7 +116,7 @@ fn prepare_connection(connection: &Connection, path: &Path, may_create: bool) ->
     check_schema(connection, path, may_create)?;
     // WAL lets readers (queries, sqlite3, Datasette) run beside the writer.
     // synchronous=FULL syncs the WAL on every commit, so a commit that has
-    // returned survives power loss; `serve` answers only after that commit.
+    // returned survives power loss; `serve` responds only after that commit.
     let mode: String = connection
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .with_context(|| format!("cannot use database {}: is it a SQLite file?", path.display()))?;
@@ -164,7 +164,7 @@ fn migrate(connection: &Connection, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a delivery turned out to be, decided before it reaches the writer.
+/// The outcome of normalizing a delivery, decided before it reaches the writer.
 #[derive(Debug, Clone)]
 pub enum Parsed {
     Stored(&'static Kind, Row),
@@ -179,7 +179,7 @@ pub struct Delivery {
     pub kind: String,
     pub body: Vec<u8>,
     pub content_type: Option<String>,
-    /// Where the delivery came from when not over HTTP, such as
+    /// The origin of a delivery that did not come over HTTP, such as
     /// `import events.ndjson:12`.
     pub source: Option<String>,
     pub sha256: [u8; 32],

@@ -22,8 +22,8 @@ pub fn now_text() -> String {
 pub fn parse_event_time(text: &str) -> Result<Option<DateTime<Utc>>, String> {
     let trimmed = text.trim();
     let time = if let Some(inner) = trimmed.strip_prefix("/Date(").and_then(|s| s.strip_suffix(")/")) {
-        // The optional +hhmm suffix only says which zone the sender was in;
-        // the milliseconds are already UTC.
+        // The optional +hhmm suffix only names the zone the sender was in,
+        // because the milliseconds are already UTC.
         let digits_end = inner
             .char_indices()
             .skip(1)
@@ -126,7 +126,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("invalid duration '{text}': more than {MAX_DURATION_DAYS} days (100 years)"))
 }
 
-/// Longest duration accepted anywhere: 100 years.
+/// Maximum duration accepted anywhere: 100 years.
 const MAX_DURATION_DAYS: i64 = 36_525;
 
 /// Reads a `--since` or `--until` value: a duration back from `now` (`7d`),

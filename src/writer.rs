@@ -25,7 +25,7 @@ pub struct WriterConfig {
     pub max_batch: usize,
     /// How far back an identical body makes a delivery a duplicate, in ms.
     pub duplicate_window_ms: i64,
-    /// Longest a handler waits for its commit before answering 503.
+    /// Maximum time a handler waits for its commit before responding 503.
     pub reply_timeout: Duration,
 }
 
