@@ -387,6 +387,49 @@ fn forget_erases_person_everywhere() {
 }
 
 #[test]
+fn forget_mobile_compares_whole_numbers() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    server.post("/hooks/text-reply", br#"{"dsid":"a1","mobile":"+1 (555) 010-0100","message":"STOP"}"#);
+    server.post(
+        "/hooks/email-bounced",
+        br#"{"dsid":"b2","email":"b@example.com","date":"2026-03-01T14:05:09Z","reason":"x"}"#,
+    );
+    // Her digits at the end of a longer number (more than a country code
+    // longer), and a number one digit apart: neither is her.
+    server.post("/hooks/link-clicked", br#"{"id":"order-4477315550100100"}"#);
+    server.post("/hooks/sms-opt-out", br#"{"dsid":"c3","mobile":"+1 555-010-0199"}"#);
+
+    let short = ["forget", "--db", &db, "--mobile", "2026", "--dry-run"];
+    let output = run(&short);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&short, &output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("fewer than 7 digits"), "{}", describe(&short, &output));
+
+    let dry = ok(&["forget", "--db", &db, "--mobile", "555 010 0100", "--dry-run"]);
+    assert!(dry.contains("would erase 1 rows in text_replies"), "{dry}");
+    assert!(dry.contains("would erase 1 rows in deliveries"), "{dry}");
+    assert!(!dry.contains("sms_opt_outs"), "{dry}");
+
+    ok(&["forget", "--db", &db, "--mobile", "+1 555 010 0100"]);
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE body IS NULL"), 1);
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE kind = 'text-reply' AND body IS NULL"), 1);
+}
+
+#[test]
+fn forget_email_skips_longer_addresses() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    server.post("/hooks/email-opt-out", br#"{"dsid":"b1","email":"bob@example.com"}"#);
+    server.post("/hooks/email-opt-out", br#"{"dsid":"j2","email":"jimbob@example.com"}"#);
+    server.post("/hooks/email-bounced", br#"{"dsid":"j3","email":"bob@example.com.au","reason":"x"}"#);
+
+    let erased = ok(&["forget", "--db", &db, "--email", "bob@example.com"]);
+    assert!(erased.contains("erased 1 rows in deliveries"), "{erased}");
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE body IS NOT NULL"), 2, "the others are kept");
+    assert_eq!(server.count("SELECT count(*) FROM email_opt_outs WHERE email = 'jimbob@example.com'"), 1);
+}
+
+#[test]
 fn commands_name_a_missing_database() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.db");
