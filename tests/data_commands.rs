@@ -346,6 +346,34 @@ fn prune_blanks_old_normalized_bodies_only() {
 }
 
 #[test]
+fn prune_rejects_negative_duration() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    for value in ["-5d", "0", "0d"] {
+        let args = ["prune", "--db", &db, "--raw-older-than", value];
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("--raw-older-than '{value}'")), "{stderr}");
+        assert!(stderr.contains("must be positive"), "{stderr}");
+    }
+}
+
+#[test]
+fn backup_names_missing_directory() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    let dest = server.dir.path().join("no-such-dir").join("x.db");
+    let dest = dest.to_str().unwrap().to_string();
+    let args = ["backup", "--db", &db, &dest];
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no-such-dir does not exist"), "{stderr}");
+    assert!(!stderr.contains(".partial"), "the temporary file is an internal detail: {stderr}");
+}
+
+#[test]
 fn forget_erases_person_everywhere() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
