@@ -31,11 +31,27 @@ pub struct BackupArgs {
 }
 
 pub fn run(args: BackupArgs) -> anyhow::Result<()> {
+    if args.dest.is_dir() {
+        bail!(
+            "DEST {} is a directory; give the path of the file to write, such as {}",
+            args.dest.display(),
+            args.dest.join("dsevents-backup.db").display()
+        );
+    }
     if args.dest.exists() && !args.force {
         bail!("{} already exists; pass --force to replace it, or choose another path", args.dest.display());
     }
     if same_file(&args.db.db, &args.dest) {
         bail!("DEST {} is the database itself; choose another path", args.dest.display());
+    }
+    if let Some(parent) = args.dest.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!(
+                "cannot write {}: the directory {} does not exist; create it or choose another path",
+                args.dest.display(),
+                parent.display()
+            );
+        }
     }
     let connection = crate::store::open_existing(&args.db.db)?;
 
@@ -67,7 +83,13 @@ pub fn backup(connection: &Connection, dest: &Path) -> anyhow::Result<i64> {
     let partial_text = partial.to_str().context("DEST path is not valid UTF-8")?;
     connection
         .execute("VACUUM INTO ?1", [partial_text])
-        .with_context(|| format!("cannot write the copy to {}", partial.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot write the copy of the database to {} (through the temporary file {})",
+                dest.display(),
+                partial.display()
+            )
+        })?;
 
     let copy = Connection::open_with_flags(&partial, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let check: String = copy.query_row("PRAGMA integrity_check", [], |row| row.get(0))?;

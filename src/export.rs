@@ -4,13 +4,13 @@
 use std::io::{self, BufWriter, Write};
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use rusqlite::params;
 
 use crate::catalog;
-use crate::cli::UsageError;
+use crate::cli::{DbArg, UsageError};
 use crate::output::{self, Format, RowWriter};
-use crate::query::{CommonArgs, TimeWindow};
+use crate::query::{TimeArgs, TimeWindow};
 use crate::store;
 
 #[derive(Debug, Args)]
@@ -26,7 +26,37 @@ pub struct ExportArgs {
     pub raw: bool,
 
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub db: DbArg,
+
+    #[command(flatten)]
+    pub time: TimeArgs,
+
+    /// Output format. Every format streams rows as they are read, so an
+    /// export of any size uses little memory.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = ExportFormat::Csv)]
+    pub format: ExportFormat,
+}
+
+/// The formats `export` writes. The table format of `query` is left out
+/// because it keeps every row in memory to size its columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// RFC 4180 CSV with a header line.
+    Csv,
+    /// One JSON array of objects.
+    Json,
+    /// One JSON object per line.
+    Ndjson,
+}
+
+impl ExportFormat {
+    fn output_format(self) -> Format {
+        match self {
+            ExportFormat::Csv => Format::Csv,
+            ExportFormat::Json => Format::Json,
+            ExportFormat::Ndjson => Format::Ndjson,
+        }
+    }
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
@@ -37,7 +67,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
 }
 
 fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let window = TimeWindow::parse(&args.common)?;
+    let window = TimeWindow::parse(&args.time)?;
     let known = catalog::by_slug(&args.kind);
     if known.is_none() && !args.raw {
         return Err(UsageError(format!(
@@ -47,17 +77,7 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    // The table format keeps every row in memory to size its columns, which
-    // does not suit an export of any size.
-    let format = match args.common.format {
-        Some(Format::Table) => {
-            return Err(UsageError("export writes csv, json or ndjson; --format table is for query".to_string()).into())
-        }
-        Some(format) => format,
-        None => Format::Csv,
-    };
-
-    let connection = store::open_for_reading(&args.common.db.db)?;
+    let connection = store::open_for_reading(&args.db.db)?;
     // Table and column names come from the catalogue, never from input.
     let sql = match known {
         Some(kind) if !args.raw => format!(
@@ -76,11 +96,11 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
             .to_string(),
     };
 
-    let failed = || format!("export failed on database {}", args.common.db.db.display());
+    let failed = || format!("export failed on database {}", args.db.db.display());
     let mut statement = connection.prepare(&sql).with_context(failed)?;
     let columns: Vec<String> = statement.column_names().into_iter().map(String::from).collect();
     let column_refs: Vec<&str> = columns.iter().map(String::as_str).collect();
-    let mut writer = RowWriter::new(format, &column_refs, BufWriter::new(io::stdout().lock()))?;
+    let mut writer = RowWriter::new(args.format.output_format(), &column_refs, BufWriter::new(io::stdout().lock()))?;
 
     let parameter_count = statement.parameter_count();
     let mut rows = if parameter_count == 3 {

@@ -32,8 +32,9 @@ pub struct ForgetArgs {
     #[arg(long)]
     pub email: Option<String>,
 
-    /// The person's mobile or phone number (compared by its digits, so
-    /// +1 (555) 010-0100 matches 15550100100).
+    /// The person's mobile or phone number, at least 7 digits. Numbers are
+    /// compared by their digits, with or without a leading country code of
+    /// up to 3 digits, so +1 (555) 010-0100 matches 5550100100.
     #[arg(long)]
     pub mobile: Option<String>,
 
@@ -42,13 +43,22 @@ pub struct ForgetArgs {
     pub dry_run: bool,
 }
 
+/// The minimum number of digits a phone number needs to be compared.
+/// Shorter runs of digits in a body (ids, amounts, years) would match
+/// unrelated people.
+const MIN_PHONE_DIGITS: usize = 7;
+
+/// The maximum number of digits by which two numbers may differ and still
+/// be the same number: a country code (ITU-T E.164 codes have 1 to 3).
+const MAX_COUNTRY_CODE_DIGITS: usize = 3;
+
 /// The identifiers that point at one person.
 #[derive(Debug, Default)]
 struct Person {
     dsids: BTreeSet<String>,
     /// Lowercased.
     emails: BTreeSet<String>,
-    /// Digits only.
+    /// Digits only, each at least `MIN_PHONE_DIGITS` long.
     mobiles: BTreeSet<String>,
 }
 
@@ -56,13 +66,20 @@ impl Person {
     fn matches(&self, dsid: Option<&str>, emails: &[String], mobiles: &[String]) -> bool {
         dsid.is_some_and(|dsid| self.dsids.contains(dsid))
             || emails.iter().any(|email| self.emails.contains(&email.to_lowercase()))
-            || mobiles.iter().any(|mobile| self.mobiles.contains(&digits(mobile)))
+            || mobiles.iter().any(|mobile| self.has_number(&digits(mobile)))
     }
 
     fn absorb(&mut self, dsid: Option<&str>, emails: &[String], mobiles: &[String]) {
         self.dsids.extend(dsid.map(str::to_string));
         self.emails.extend(emails.iter().map(|email| email.to_lowercase()));
-        self.mobiles.extend(mobiles.iter().map(|mobile| digits(mobile)).filter(|digits| digits.len() >= 4));
+        self.mobiles
+            .extend(mobiles.iter().map(|mobile| digits(mobile)).filter(|digits| digits.len() >= MIN_PHONE_DIGITS));
+    }
+
+    /// Returns true if and only if `number` (digits only) is one of the
+    /// person's numbers.
+    fn has_number(&self, number: &str) -> bool {
+        self.mobiles.iter().any(|own| same_number(own, number))
     }
 
     /// Returns true if and only if a raw body mentions one of the identifiers.
@@ -73,22 +90,62 @@ impl Person {
         if self.dsids.iter().any(|dsid| text.contains(&format!("\"{}\"", dsid.to_lowercase()))) {
             return true;
         }
-        if self.emails.iter().any(|email| text.contains(email.as_str())) {
+        if self.emails.iter().any(|email| contains_address(&text, email)) {
             return true;
         }
-        // Numbers appear formatted in bodies; compare runs of digits and
-        // separators by their digits.
-        let body_digits: Vec<String> = text
-            .split(|c: char| !(c.is_ascii_digit() || " +-().".contains(c)))
-            .map(digits)
-            .filter(|run| run.len() >= 4)
-            .collect();
-        self.mobiles.iter().any(|mobile| body_digits.iter().any(|run| run.contains(mobile.as_str())))
+        // Numbers appear formatted in bodies. Each phone-like run (digits
+        // with + - ( ) . and space between them) is compared as one whole
+        // number, never by a part of it.
+        let mentioned = phone_like_runs(&text).any(|run| self.has_number(&run));
+        mentioned
     }
 }
 
 fn digits(text: &str) -> String {
     text.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Returns true if and only if two numbers, as digits, are the same number:
+/// equal, or equal except for a leading country code of at most
+/// `MAX_COUNTRY_CODE_DIGITS` digits on one of them. Both need at least
+/// `MIN_PHONE_DIGITS` digits.
+///
+/// NOTE: an area code looks like a country code here, so a 7-digit local
+/// number matches a 10-digit number that ends with it.
+fn same_number(a: &str, b: &str) -> bool {
+    let (longer, shorter) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+    shorter.len() >= MIN_PHONE_DIGITS
+        && longer.len() - shorter.len() <= MAX_COUNTRY_CODE_DIGITS
+        && longer.ends_with(shorter)
+}
+
+/// Returns the digits of each phone-like run in `text`: digits, and the
+/// separators + - ( ) . and space between them.
+fn phone_like_runs(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !(c.is_ascii_digit() || " +-().".contains(c)))
+        .map(digits)
+        .filter(|run| !run.is_empty())
+}
+
+/// Returns true if and only if `text` contains `address` as a whole
+/// address: not preceded by a character that an address's local part can
+/// hold, and not followed by a letter or digit of a longer domain. So
+/// bob@example.com is not found in jimbob@example.com or bob@example.com.au.
+fn contains_address(text: &str, address: &str) -> bool {
+    const LOCAL_PART_SYMBOLS: &str = ".!#$%&'*+/=?^_`{|}~-";
+    let continues_domain = |rest: &str| {
+        let mut chars = rest.chars();
+        match chars.next() {
+            Some(c) if c.is_alphanumeric() => true,
+            Some('.') => chars.next().is_some_and(char::is_alphanumeric),
+            _ => false,
+        }
+    };
+    text.match_indices(address).any(|(start, _)| {
+        let before = text[..start].chars().next_back();
+        let after = &text[start + address.len()..];
+        !before.is_some_and(|c| c.is_alphanumeric() || LOCAL_PART_SYMBOLS.contains(c)) && !continues_domain(after)
+    })
 }
 
 /// One normalized row's identifiers.
@@ -111,8 +168,11 @@ pub fn run(args: ForgetArgs) -> anyhow::Result<()> {
     } else {
         let mobile = args.mobile.as_deref().unwrap_or_default();
         let number = digits(mobile);
-        if number.len() < 4 {
-            return Err(UsageError(format!("--mobile '{mobile}' has fewer than 4 digits; give the full number")).into());
+        if number.len() < MIN_PHONE_DIGITS {
+            return Err(UsageError(format!(
+                "--mobile '{mobile}' has fewer than {MIN_PHONE_DIGITS} digits; give the full number, such as +1 555 010 0100"
+            ))
+            .into());
         }
         person.mobiles.insert(number);
         "mobile"
@@ -294,4 +354,34 @@ fn find_deliveries(connection: &Connection, person: &Person, after_id: i64) -> r
         }
     }
     Ok((found, highest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_match_whole_or_with_country_code() {
+        assert!(same_number("5550100100", "5550100100"));
+        assert!(same_number("15550100100", "5550100100"));
+        assert!(same_number("5550100100", "445550100100"));
+        assert!(!same_number("15550100100", "0100100"), "more than a country code apart");
+        assert!(!same_number("5550100100", "5550100101"));
+        assert!(!same_number("202603", "202603"), "too short to compare");
+    }
+
+    #[test]
+    fn runs_split_at_other_characters() {
+        let runs: Vec<String> = phone_like_runs(r#"{"m":"+1 (555) 010-0100","d":"2026-03-01t14:05"}"#).collect();
+        assert_eq!(runs, ["15550100100", "20260301", "14", "05"]);
+    }
+
+    #[test]
+    fn address_must_stand_alone() {
+        assert!(contains_address(r#"{"email":"bob@example.com"}"#, "bob@example.com"));
+        assert!(contains_address(r#"{"id":"bob@example.com-link"}"#, "bob@example.com"));
+        assert!(!contains_address(r#"{"email":"jimbob@example.com"}"#, "bob@example.com"));
+        assert!(!contains_address(r#"{"email":"bob@example.com.au"}"#, "bob@example.com"));
+        assert!(!contains_address(r#"{"email":"bob@example.community"}"#, "bob@example.com"));
+    }
 }

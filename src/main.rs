@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             dsevents::cli::print_completions(shell);
             Ok(())
         }
-        Command::Man => dsevents::cli::print_man().map_err(Into::into),
+        Command::Man(args) => dsevents::cli::man(args),
         Command::Urls(args) => dsevents::urls::run(args),
         Command::Simulate(args) => dsevents::simulate::run(args),
     };

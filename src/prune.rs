@@ -4,9 +4,9 @@
 use clap::Args;
 use rusqlite::{params, Connection, TransactionBehavior};
 
-use crate::cli::{DbArg, UsageError};
+use crate::cli::{parse_positive_duration, DbArg};
 use crate::progress;
-use crate::time::{format_utc, now_text, parse_duration};
+use crate::time::{format_utc, now_text};
 
 /// Bodies removed per write transaction, so `serve` can commit in between.
 const BATCH: i64 = 1000;
@@ -18,7 +18,7 @@ pub struct PruneArgs {
 
     /// Remove raw bodies of deliveries received longer ago than this
     /// (such as 90d, 12w or 720h).
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub raw_older_than: String,
 
     /// Also remove bodies of quarantined and unknown-kind deliveries, which
@@ -39,7 +39,7 @@ pub struct PruneSummary {
 }
 
 pub fn run(args: PruneArgs) -> anyhow::Result<()> {
-    let age = parse_duration(&args.raw_older_than).map_err(|error| UsageError(format!("--raw-older-than: {error}")))?;
+    let age = parse_positive_duration("--raw-older-than", &args.raw_older_than)?;
     let cutoff = format_utc(chrono::Utc::now() - age);
     let mut connection = crate::store::open_existing(&args.db.db)?;
     let summary = prune(&mut connection, &cutoff, args.include_quarantined, args.dry_run)?;

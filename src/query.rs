@@ -53,20 +53,27 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub db: DbArg,
 
-    /// Only rows received at or after TIME: a date (2026-03-01, midnight
-    /// UTC), a timestamp (2026-03-01T14:05:00Z) or a duration back from now
-    /// (7d, 24h, 30m).
-    #[arg(long, value_name = "TIME")]
-    pub since: Option<String>,
-
-    /// Only rows received before TIME, in the same forms as --since.
-    #[arg(long, value_name = "TIME")]
-    pub until: Option<String>,
+    #[command(flatten)]
+    pub time: TimeArgs,
 
     /// Output format [default: table when standard output is a terminal,
     /// csv otherwise].
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<Format>,
+}
+
+/// `--since` and `--until`, shared by the queries and `export`.
+#[derive(Debug, Args)]
+pub struct TimeArgs {
+    /// Only rows received at or after TIME: a date (2026-03-01, midnight
+    /// UTC), a timestamp (2026-03-01T14:05:00Z) or a duration back from now
+    /// (7d, 24h, 30m).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub since: Option<String>,
+
+    /// Only rows received before TIME, in the same forms as --since.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub until: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -87,7 +94,7 @@ pub struct OptOutsArgs {
     pub dsid: Option<String>,
 
     /// Print at most N rows [default: all].
-    #[arg(long, value_name = "N", value_parser = parse_limit)]
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
     pub limit: Option<i64>,
 
     #[command(flatten)]
@@ -110,7 +117,7 @@ pub struct BouncesArgs {
     pub dsid: Option<String>,
 
     /// Print at most N rows [default: all].
-    #[arg(long, value_name = "N", value_parser = parse_limit)]
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
     pub limit: Option<i64>,
 
     #[command(flatten)]
@@ -119,8 +126,8 @@ pub struct BouncesArgs {
 
 #[derive(Debug, Args)]
 pub struct LeadStatusArgs {
-    /// Only the lead with this numeric id.
-    #[arg(long, value_name = "ID")]
+    /// Only the lead with this numeric id, such as 1042.
+    #[arg(long, value_name = "ID", value_parser = parse_lead, allow_negative_numbers = true)]
     pub lead: Option<i64>,
 
     /// Only leads of the contact with this DailyStory contact id.
@@ -128,7 +135,7 @@ pub struct LeadStatusArgs {
     pub dsid: Option<String>,
 
     /// Print at most N rows [default: all].
-    #[arg(long, value_name = "N", value_parser = parse_limit)]
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
     pub limit: Option<i64>,
 
     #[command(flatten)]
@@ -141,7 +148,7 @@ pub struct ContactArgs {
     pub dsid: String,
 
     /// Print at most N rows [default: all].
-    #[arg(long, value_name = "N", value_parser = parse_limit)]
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true)]
     pub limit: Option<i64>,
 
     #[command(flatten)]
@@ -160,7 +167,7 @@ pub struct EventsArgs {
     pub outcome: Option<Outcome>,
 
     /// Print at most N rows.
-    #[arg(long, value_name = "N", value_parser = parse_limit, default_value = "50")]
+    #[arg(long, value_name = "N", value_parser = parse_limit, allow_negative_numbers = true, default_value = "50")]
     pub limit: i64,
 
     #[command(flatten)]
@@ -230,7 +237,7 @@ fn run_command(command: QueryCommand) -> anyhow::Result<()> {
 }
 
 fn opt_outs(args: OptOutsArgs) -> anyhow::Result<()> {
-    let window = TimeWindow::parse(&args.common)?;
+    let window = TimeWindow::parse(&args.common.time)?;
 
     // current_consent computes each contact's latest change before these
     // conditions apply, so --since cannot turn an old opt-in into "still
@@ -264,7 +271,7 @@ fn opt_outs(args: OptOutsArgs) -> anyhow::Result<()> {
 }
 
 fn bounces(args: BouncesArgs) -> anyhow::Result<()> {
-    let window = TimeWindow::parse(&args.common)?;
+    let window = TimeWindow::parse(&args.common.time)?;
     let domain = args.domain.as_deref().map(normalize_domain).transpose()?;
 
     let mut select = Select::new(
@@ -291,7 +298,7 @@ fn bounces(args: BouncesArgs) -> anyhow::Result<()> {
 }
 
 fn lead_status(args: LeadStatusArgs) -> anyhow::Result<()> {
-    let window = TimeWindow::parse(&args.common)?;
+    let window = TimeWindow::parse(&args.common.time)?;
 
     let mut select = Select::new(
         "SELECT lead_id, dsid, previous_status, status, changed_at, delivery_id FROM lead_status_history",
@@ -347,7 +354,7 @@ fn leads_of_contact(connection: &Connection, dsid: &str) -> rusqlite::Result<Vec
 }
 
 fn events(args: EventsArgs) -> anyhow::Result<()> {
-    let window = TimeWindow::parse(&args.common)?;
+    let window = TimeWindow::parse(&args.common.time)?;
 
     let mut select = Select::new(
         "SELECT id, received_at, kind, outcome, error, body_bytes, duplicate_of FROM deliveries",
@@ -367,7 +374,7 @@ fn events(args: EventsArgs) -> anyhow::Result<()> {
 }
 
 fn contact(args: ContactArgs) -> anyhow::Result<()> {
-    let window = TimeWindow::parse(&args.common)?;
+    let window = TimeWindow::parse(&args.common.time)?;
 
     let mut select = Select::new(
         "SELECT id, received_at, kind, outcome, error FROM deliveries",
@@ -495,7 +502,7 @@ pub(crate) struct TimeWindow {
 impl TimeWindow {
     /// Reads `--since` and `--until`. An unreadable value, or a --since not
     /// before --until, is a usage error naming the values.
-    pub(crate) fn parse(common: &CommonArgs) -> Result<TimeWindow, UsageError> {
+    pub(crate) fn parse(options: &TimeArgs) -> Result<TimeWindow, UsageError> {
         let now = Utc::now();
         let read = |option: &str, value: &Option<String>| {
             value
@@ -503,8 +510,8 @@ impl TimeWindow {
                 .map(|text| time::parse_point(text, now).map_err(|message| UsageError(format!("{option}: {message}"))))
                 .transpose()
         };
-        let since = read("--since", &common.since)?;
-        let until = read("--until", &common.until)?;
+        let since = read("--since", &options.since)?;
+        let until = read("--until", &options.until)?;
         if let (Some(since_time), Some(until_time)) = (since, until) {
             if since_time >= until_time {
                 return Err(UsageError(format!(
@@ -641,6 +648,14 @@ fn parse_limit(text: &str) -> Result<i64, String> {
     }
 }
 
+/// Reads `--lead`: a lead id, 0 or more.
+fn parse_lead(text: &str) -> Result<i64, String> {
+    match text.trim().parse::<i64>() {
+        Ok(lead) if lead >= 0 => Ok(lead),
+        _ => Err("not a lead id; give a number such as 1042".to_string()),
+    }
+}
+
 /// Reads `--domain` the way `email_bounces.email_domain` stores it:
 /// lowercase, without the @.
 fn normalize_domain(text: &str) -> Result<String, UsageError> {
@@ -663,6 +678,13 @@ mod tests {
         assert!(parse_limit("0").is_err());
         assert!(parse_limit("-3").is_err());
         assert!(parse_limit("ten").is_err());
+    }
+
+    #[test]
+    fn lead_must_be_a_number() {
+        assert_eq!(parse_lead("1042"), Ok(1042));
+        assert!(parse_lead("abc").unwrap_err().contains("1042"));
+        assert!(parse_lead("-1").is_err());
     }
 
     #[test]

@@ -10,8 +10,8 @@ use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::catalog::{self, KINDS};
-use crate::cli::{DbArg, UsageError};
-use crate::time::{format_utc, parse_duration};
+use crate::cli::{parse_positive_duration, DbArg};
+use crate::time::format_utc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StatusFormat {
@@ -26,7 +26,7 @@ pub struct StatusArgs {
 
     /// Warn when a kind that has received deliveries has been silent this
     /// long (s, m, h, d or w).
-    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    #[arg(long, default_value = "24h", value_name = "DURATION", allow_hyphen_values = true)]
     pub silence: String,
 
     /// Exit 1 when there is any warning, for cron jobs and monitoring.
@@ -70,7 +70,7 @@ pub struct Status {
 }
 
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let silence = parse_duration(&args.silence).map_err(|error| UsageError(format!("--silence: {error}")))?;
+    let silence = parse_positive_duration("--silence", &args.silence)?;
     let connection = crate::store::open_for_reading(&args.db.db)?;
     let status = read_status(&connection, &args.db.db, silence, Utc::now())?;
 
@@ -214,15 +214,18 @@ fn print_text(status: &Status) {
         status.database, status.database_bytes, status.wal_bytes, status.schema_version, status.deliveries
     );
     println!();
-    println!("{:<24} {:>10}  {:<24}  {:<24}", "KIND", "COUNT", "FIRST RECEIVED", "LAST RECEIVED");
+    // The last column is padded too, so trim each line's end.
+    let header = format!("{:<24} {:>10}  {:<24}  {:<24}", "KIND", "COUNT", "FIRST RECEIVED", "LAST RECEIVED");
+    println!("{}", header.trim_end());
     for kind in &status.kinds {
-        println!(
+        let line = format!(
             "{:<24} {:>10}  {:<24}  {:<24}",
             kind.kind,
             kind.count,
             kind.first_received_at.as_deref().unwrap_or("-"),
             kind.last_received_at.as_deref().unwrap_or("-")
         );
+        println!("{}", line.trim_end());
     }
     println!();
     for (label, not_stored) in [("quarantined", &status.quarantined), ("unknown kind", &status.unknown_kind)] {

@@ -1,5 +1,7 @@
 //! The `urls` command: prints, for each event kind, DailyStory's name for
 //! the event and the webhook URL to paste into DailyStory's settings.
+//! Names that older DailyStory documentation used for an event are printed
+//! too, so a search for a name from an old configuration finds its kind.
 //!
 //! DailyStory's webhook settings take only a URL, so the secret travels as
 //! `?token=` in it. This module also builds those URLs for `simulate`.
@@ -44,11 +46,13 @@ pub struct UrlsArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UrlsFormat {
-    /// Aligned columns with a header.
+    /// Aligned columns with a header; older event names follow the name
+    /// as "(formerly ...)".
     Table,
-    /// Comma-separated values with a header line.
+    /// Comma-separated values with a header line: event, kind, url, and
+    /// older_names separated by "; ".
     Csv,
-    /// A JSON array of objects with event, kind and url members.
+    /// A JSON array of objects with event, older_names, kind and url members.
     Json,
 }
 
@@ -169,11 +173,22 @@ pub fn hook_url(base: &str, slug: &str, token: Option<&str>) -> String {
     url
 }
 
+/// Returns the event name shown in the table: DailyStory's current name,
+/// followed by the names older documentation used, if any.
+fn event_label(kind: &Kind) -> String {
+    if kind.older_names.is_empty() {
+        kind.name.to_string()
+    } else {
+        format!("{} (formerly {})", kind.name, kind.older_names.join(", "))
+    }
+}
+
 fn render_table(entries: &[Entry]) -> String {
     let headers = ["EVENT", "KIND", "URL"];
-    let event_width = entries
+    let labels: Vec<String> = entries.iter().map(|entry| event_label(entry.kind)).collect();
+    let event_width = labels
         .iter()
-        .map(|entry| entry.kind.name.chars().count())
+        .map(|label| label.chars().count())
         .chain([headers[0].len()])
         .max()
         .unwrap_or(0);
@@ -188,19 +203,22 @@ fn render_table(entries: &[Entry]) -> String {
         "{:event_width$}  {:kind_width$}  {}\n",
         headers[0], headers[1], headers[2]
     );
-    for entry in entries {
+    for (entry, label) in entries.iter().zip(&labels) {
         text.push_str(&format!(
             "{:event_width$}  {:kind_width$}  {}\n",
-            entry.kind.name, entry.kind.slug, entry.url
+            label, entry.kind.slug, entry.url
         ));
     }
     text
 }
 
+/// Writes the columns event, kind, url and then older_names, so that the
+/// first three keep their places for scripts written before it was added.
 fn render_csv(entries: &[Entry]) -> String {
-    let mut text = String::from("event,kind,url\n");
+    let mut text = String::from("event,kind,url,older_names\n");
     for entry in entries {
-        let fields = [entry.kind.name, entry.kind.slug, entry.url.as_str()].map(csv_field);
+        let older_names = entry.kind.older_names.join("; ");
+        let fields = [entry.kind.name, entry.kind.slug, entry.url.as_str(), older_names.as_str()].map(csv_field);
         text.push_str(&fields.join(","));
         text.push('\n');
     }
@@ -220,7 +238,14 @@ fn csv_field(field: &str) -> String {
 fn render_json(entries: &[Entry]) -> anyhow::Result<String> {
     let items: Vec<serde_json::Value> = entries
         .iter()
-        .map(|entry| serde_json::json!({ "event": entry.kind.name, "kind": entry.kind.slug, "url": entry.url }))
+        .map(|entry| {
+            serde_json::json!({
+                "event": entry.kind.name,
+                "older_names": entry.kind.older_names,
+                "kind": entry.kind.slug,
+                "url": entry.url,
+            })
+        })
         .collect();
     let mut text = serde_json::to_string_pretty(&items)?;
     text.push('\n');

@@ -126,10 +126,137 @@ fn import_keeps_invalid_lines_and_is_idempotent() {
         .unwrap();
     assert_eq!(kept, "{\"dsid\":\"d2\",\"email\":\"b@example.com\"");
 
-    let second = ok(&args);
-    assert!(second.contains("0 stored, 0 quarantined, 0 unknown kind, 3 already present"), "{second}");
+    let second = run(&args);
+    assert_eq!(second.status.code(), Some(0), "{}", describe(&args, &second));
+    let second_stdout = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        second_stdout.contains("0 stored, 0 quarantined, 0 unknown kind, 3 already present, 0 invalid lines kept"),
+        "{second_stdout}"
+    );
+    assert_eq!(String::from_utf8_lossy(&second.stderr), "", "nothing new to report on a second run");
     assert_eq!(server.count("SELECT count(*) FROM email_bounces"), 2);
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE source IS NOT NULL"), 3);
     finish(load);
+}
+
+#[test]
+fn import_keeps_bodies_serve_received() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    // A click and a phone opt-out that serve received earlier. The file
+    // contains the same click twice more (real clicks look alike) and the
+    // opt-out again.
+    assert_eq!(server.post("/hooks/link-clicked", br#"{"id":"link-7"}"#).status, 200);
+    assert_eq!(server.post("/hooks/phone-opt-out", br#"{"dsid":"d1"}"#).status, 200);
+    let file = server.dir.path().join("clicks.ndjson");
+    std::fs::write(&file, "{\"id\":\"link-7\"}\n{\"id\":\"link-7\"}\n").unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let array = server.dir.path().join("opt-outs.json");
+    std::fs::write(&array, r#"[{"dsid":"d1"}]"#).unwrap();
+    let array = array.to_str().unwrap().to_string();
+
+    let first = ok(&["import", "--db", &db, "--kind", "link-clicked", &file]);
+    assert!(first.contains("2 stored, 0 quarantined, 0 unknown kind, 0 already present"), "{first}");
+    let opt_out = ok(&["import", "--db", &db, "--kind", "phone-opt-out", &array]);
+    assert!(opt_out.contains("1 stored"), "{opt_out}");
+    assert_eq!(server.count("SELECT count(*) FROM link_clicks"), 3, "every click kept");
+    assert_eq!(server.count("SELECT count(*) FROM phone_opt_outs"), 2);
+    let sources: Vec<String> = server
+        .db()
+        .prepare("SELECT source FROM deliveries WHERE source IS NOT NULL ORDER BY id")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sources, [format!("import {file}:1"), format!("import {file}:2"), format!("import {array}:#0")]);
+    assert_eq!(
+        server.count("SELECT count(*) FROM deliveries WHERE source IS NOT NULL AND duplicate_of IS NOT NULL"),
+        3,
+        "copies of what serve received within the window are marked, as serve marks them"
+    );
+
+    let again = ok(&["import", "--db", &db, "--kind", "link-clicked", &file]);
+    assert!(again.contains("0 stored, 0 quarantined, 0 unknown kind, 2 already present"), "{again}");
+    let again = ok(&["import", "--db", &db, "--kind", "phone-opt-out", &array]);
+    assert!(again.contains("0 stored, 0 quarantined, 0 unknown kind, 1 already present"), "{again}");
+    assert_eq!(server.count("SELECT count(*) FROM deliveries"), 5);
+}
+
+#[test]
+fn import_reports_unreadable_received_at() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    let file = server.dir.path().join("dated.ndjson");
+    std::fs::write(
+        &file,
+        concat!(
+            "{\"id\":\"a\",\"at\":\"2025-01-02T03:04:05Z\"}\n",
+            "{\"id\":\"b\",\"at\":\"yesterday\"}\n",
+            "{\"id\":\"c\"}\n",
+            "{\"id\":\"d\",\"at\":\"1753-01-01T00:00:00\"}\n",
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let args = ["import", "--db", &db, "--kind", "link-clicked", "--received-at-field", "at", &file];
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("4 stored"), "{stdout}");
+    assert!(stdout.contains("3 received at the import time (member at missing or unreadable)"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("{file}:2: cannot read 'yesterday' in member at as a time; using the import time")),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{file}:3: no member at; using the import time")), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:4: '1753-01-01T00:00:00' in member at")), "{stderr}");
+    assert!(!stderr.contains(&format!("{file}:1:")), "a readable time is not reported: {stderr}");
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE received_at = '2025-01-02T03:04:05.000Z'"), 1);
+
+    let again = run(&args);
+    assert_eq!(String::from_utf8_lossy(&again.stderr), "", "{}", describe(&args, &again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 received at the import time"), "{}", describe(&args, &again));
+}
+
+#[test]
+fn import_quarantines_body_without_kind_member() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    let file = server.dir.path().join("mixed.json");
+    std::fs::write(&file, r#"[{"event":"link-clicked","id":"x"},{"id":"y"},{"event":null,"id":"z"}]"#).unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let args = ["import", "--db", &db, "--kind-field", "event", &file];
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("1 stored, 2 quarantined"), "{stdout}");
+    assert!(stdout.contains("2 without a kind in member event"), "{stdout}");
+    assert!(stderr.contains(&format!("{file}:#1: no member event")), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:#2: member event is null, not a kind slug")), "{stderr}");
+    let (kind, outcome, error): (String, String, String) = server
+        .db()
+        .query_row("SELECT kind, outcome, error FROM deliveries WHERE source = ?1", [format!("import {file}:#1")], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((kind.as_str(), outcome.as_str()), ("unknown", "quarantined"));
+    assert!(error.contains("no member event"), "{error}");
+}
+
+#[test]
+fn import_directory_is_named() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    let dir = server.dir.path().to_str().unwrap().to_string();
+    let args = ["import", "--db", &db, "--kind", "link-clicked", &dir];
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("{dir}: it is a directory")), "{stderr}");
+    assert!(!stderr.contains("os error"), "{stderr}");
 }
 
 #[test]
@@ -219,6 +346,34 @@ fn prune_blanks_old_normalized_bodies_only() {
 }
 
 #[test]
+fn prune_rejects_negative_duration() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    for value in ["-5d", "0", "0d"] {
+        let args = ["prune", "--db", &db, "--raw-older-than", value];
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("--raw-older-than '{value}'")), "{stderr}");
+        assert!(stderr.contains("must be positive"), "{stderr}");
+    }
+}
+
+#[test]
+fn backup_names_missing_directory() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    let dest = server.dir.path().join("no-such-dir").join("x.db");
+    let dest = dest.to_str().unwrap().to_string();
+    let args = ["backup", "--db", &db, &dest];
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no-such-dir does not exist"), "{stderr}");
+    assert!(!stderr.contains(".partial"), "the temporary file is an internal detail: {stderr}");
+}
+
+#[test]
 fn forget_erases_person_everywhere() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
@@ -257,6 +412,49 @@ fn forget_erases_person_everywhere() {
     let again = ok(&["forget", "--db", &db, "--email", "ann@example.com"]);
     assert!(again.contains("nothing found"), "{again}");
     finish(load);
+}
+
+#[test]
+fn forget_mobile_compares_whole_numbers() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    server.post("/hooks/text-reply", br#"{"dsid":"a1","mobile":"+1 (555) 010-0100","message":"STOP"}"#);
+    server.post(
+        "/hooks/email-bounced",
+        br#"{"dsid":"b2","email":"b@example.com","date":"2026-03-01T14:05:09Z","reason":"x"}"#,
+    );
+    // Her digits at the end of a longer number (more than a country code
+    // longer), and a number one digit apart: neither is her.
+    server.post("/hooks/link-clicked", br#"{"id":"order-4477315550100100"}"#);
+    server.post("/hooks/sms-opt-out", br#"{"dsid":"c3","mobile":"+1 555-010-0199"}"#);
+
+    let short = ["forget", "--db", &db, "--mobile", "2026", "--dry-run"];
+    let output = run(&short);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&short, &output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("fewer than 7 digits"), "{}", describe(&short, &output));
+
+    let dry = ok(&["forget", "--db", &db, "--mobile", "555 010 0100", "--dry-run"]);
+    assert!(dry.contains("would erase 1 rows in text_replies"), "{dry}");
+    assert!(dry.contains("would erase 1 rows in deliveries"), "{dry}");
+    assert!(!dry.contains("sms_opt_outs"), "{dry}");
+
+    ok(&["forget", "--db", &db, "--mobile", "+1 555 010 0100"]);
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE body IS NULL"), 1);
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE kind = 'text-reply' AND body IS NULL"), 1);
+}
+
+#[test]
+fn forget_email_skips_longer_addresses() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    server.post("/hooks/email-opt-out", br#"{"dsid":"b1","email":"bob@example.com"}"#);
+    server.post("/hooks/email-opt-out", br#"{"dsid":"j2","email":"jimbob@example.com"}"#);
+    server.post("/hooks/email-bounced", br#"{"dsid":"j3","email":"bob@example.com.au","reason":"x"}"#);
+
+    let erased = ok(&["forget", "--db", &db, "--email", "bob@example.com"]);
+    assert!(erased.contains("erased 1 rows in deliveries"), "{erased}");
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE body IS NOT NULL"), 2, "the others are kept");
+    assert_eq!(server.count("SELECT count(*) FROM email_opt_outs WHERE email = 'jimbob@example.com'"), 1);
 }
 
 #[test]

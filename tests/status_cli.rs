@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
+
 use common::{describe, run, Server};
 
 #[test]
@@ -76,4 +78,85 @@ fn completions_and_man_page_cover_commands() {
     let page = String::from_utf8_lossy(&output.stdout);
     assert!(page.contains(".TH dsevents 1"), "roff man page");
     assert!(page.contains("serve"));
+}
+
+#[test]
+fn status_text_has_no_trailing_spaces() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    server.post("/hooks/email-opt-out", br#"{"dsid":"d1","email":"a@example.com"}"#);
+    let args = ["status", "--db", &db];
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("email-opt-out"), "{stdout}");
+    for line in stdout.lines() {
+        assert_eq!(line, line.trim_end(), "trailing spaces in {line:?}");
+    }
+}
+
+#[test]
+fn status_silence_must_be_positive() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    for value in ["0", "-1h", "0s"] {
+        let args = ["status", "--db", &db, "--silence", value];
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("--silence '{value}'")), "{stderr}");
+        assert!(stderr.contains("must be positive"), "{stderr}");
+    }
+}
+
+#[test]
+fn man_to_closed_pipe_ends_quietly() {
+    let mut child = Command::new(common::BIN)
+        .arg("man")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dsevents man");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait for dsevents man");
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}
+
+#[test]
+fn man_dir_writes_page_per_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("man1");
+    let pages_text = pages.to_str().unwrap();
+    let args = ["man", "--dir", pages_text];
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
+
+    let mut names: Vec<String> = std::fs::read_dir(&pages)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for expected in [
+        "dsevents.1",
+        "dsevents-serve.1",
+        "dsevents-query.1",
+        "dsevents-query-bounces.1",
+        "dsevents-query-lead-status.1",
+        "dsevents-import.1",
+        "dsevents-man.1",
+    ] {
+        assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
+    }
+    assert!(!names.iter().any(|name| name.contains("help")), "no page for clap's help subcommand: {names:?}");
+    // 13 subcommands, 5 of them under query, and the top-level page.
+    assert_eq!(names.len(), 19, "{names:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 19, "{}", describe(&args, &output));
+
+    let bounces = std::fs::read_to_string(pages.join("dsevents-query-bounces.1")).unwrap();
+    assert!(bounces.contains(".TH dsevents-query-bounces 1"), "{bounces}");
+    assert!(bounces.contains("spam\\-only"), "the page documents the subcommand's options: {bounces}");
+    let top = std::fs::read_to_string(pages.join("dsevents.1")).unwrap();
+    let printed = run(&["man"]);
+    assert_eq!(String::from_utf8_lossy(&printed.stdout), top, "man without --dir prints the top-level page");
 }

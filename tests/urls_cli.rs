@@ -5,34 +5,35 @@ mod support;
 
 use support::dsevents;
 
-/// Every kind's event name and slug, in catalogue order.
-const EVENTS: [(&str, &str); 18] = [
-    ("Contact Created or Updated", "contact-updated"),
-    ("Contact Create or Update Failed", "contact-update-failed"),
-    ("Lead Created", "lead-created"),
-    ("Lead Status Changed", "lead-status-changed"),
-    ("Contact Status Changed", "contact-status-changed"),
-    ("URL Shortener Clicked", "link-clicked"),
-    ("Text Message Reply Received", "text-reply"),
-    ("Email Address Bounced", "email-bounced"),
-    ("Opted out of Email", "email-opt-out"),
-    ("Opted out of Text Messaging", "sms-opt-out"),
-    ("Opted out of Phone Calls", "phone-opt-out"),
-    ("Opted in to Email", "email-opt-in"),
-    ("Opted in to Text Messaging", "sms-opt-in"),
-    ("Opted in to Phone Calls", "phone-opt-in"),
-    ("Web Form Submitted", "webform-submitted"),
-    ("Segment Created", "segment-created"),
-    ("Segment Updated", "segment-updated"),
-    ("User Created", "user-created"),
+/// Every kind's event name, slug and older names ("; " separated, as the
+/// CSV prints them), in catalogue order.
+const EVENTS: [(&str, &str, &str); 18] = [
+    ("Contact Created or Updated", "contact-updated", "New Contact"),
+    ("Contact Create or Update Failed", "contact-update-failed", ""),
+    ("Lead Created", "lead-created", "New Lead"),
+    ("Lead Status Changed", "lead-status-changed", ""),
+    ("Contact Status Changed", "contact-status-changed", ""),
+    ("URL Shortener Clicked", "link-clicked", "Tracking Link Clicked"),
+    ("Text Message Reply Received", "text-reply", ""),
+    ("Email Address Bounced", "email-bounced", ""),
+    ("Opted out of Email", "email-opt-out", ""),
+    ("Opted out of Text Messaging", "sms-opt-out", ""),
+    ("Opted out of Phone Calls", "phone-opt-out", ""),
+    ("Opted in to Email", "email-opt-in", ""),
+    ("Opted in to Text Messaging", "sms-opt-in", ""),
+    ("Opted in to Phone Calls", "phone-opt-in", ""),
+    ("Web Form Submitted", "webform-submitted", ""),
+    ("Segment Created", "segment-created", ""),
+    ("Segment Updated", "segment-updated", ""),
+    ("User Created", "user-created", ""),
 ];
 
 /// Returns the CSV lines that `urls` prints when each URL is
 /// `{prefix}{slug}{suffix}`.
 fn expected_csv(prefix: &str, suffix: &str) -> String {
-    let mut text = String::from("event,kind,url\n");
-    for (event, slug) in EVENTS {
-        text.push_str(&format!("{event},{slug},{prefix}{slug}{suffix}\n"));
+    let mut text = String::from("event,kind,url,older_names\n");
+    for (event, slug, older_names) in EVENTS {
+        text.push_str(&format!("{event},{slug},{prefix}{slug}{suffix},{older_names}\n"));
     }
     text
 }
@@ -71,15 +72,15 @@ fn csv_lines_match_literals() {
     assert_eq!(lines.len(), 19, "{run}");
     assert_eq!(
         lines[1],
-        "Contact Created or Updated,contact-updated,http://127.0.0.1:8080/hooks/contact-updated?token=abc"
+        "Contact Created or Updated,contact-updated,http://127.0.0.1:8080/hooks/contact-updated?token=abc,New Contact"
     );
     assert_eq!(
         lines[8],
-        "Email Address Bounced,email-bounced,http://127.0.0.1:8080/hooks/email-bounced?token=abc"
+        "Email Address Bounced,email-bounced,http://127.0.0.1:8080/hooks/email-bounced?token=abc,"
     );
     assert_eq!(
         lines[18],
-        "User Created,user-created,http://127.0.0.1:8080/hooks/user-created?token=abc"
+        "User Created,user-created,http://127.0.0.1:8080/hooks/user-created?token=abc,"
     );
 }
 
@@ -229,8 +230,10 @@ fn json_format_has_every_kind() {
     let items: Vec<serde_json::Value> =
         serde_json::from_str(&run.stdout).unwrap_or_else(|error| panic!("{error}\n{run}"));
     assert_eq!(items.len(), EVENTS.len(), "{run}");
-    for (item, (event, slug)) in items.iter().zip(EVENTS) {
+    for (item, (event, slug, older_names)) in items.iter().zip(EVENTS) {
         assert_eq!(item["event"], event, "{run}");
+        let expected_older: Vec<&str> = older_names.split("; ").filter(|name| !name.is_empty()).collect();
+        assert_eq!(item["older_names"], serde_json::json!(expected_older), "{run}");
         assert_eq!(item["kind"], slug, "{run}");
         assert_eq!(
             item["url"],
@@ -259,7 +262,7 @@ fn table_format_aligns_columns() {
     assert_eq!(lines.len(), 19, "{run}");
     assert!(lines[0].starts_with("EVENT "), "{run}");
     let url_column = lines[0].find("URL").expect("URL header");
-    for (line, (event, slug)) in lines[1..].iter().zip(EVENTS) {
+    for (line, (event, slug, _)) in lines[1..].iter().zip(EVENTS) {
         assert!(line.starts_with(event), "{run}");
         assert_eq!(
             &line[url_column..],
@@ -267,4 +270,20 @@ fn table_format_aligns_columns() {
             "{run}"
         );
     }
+}
+
+#[test]
+fn table_shows_older_event_names() {
+    let run = dsevents(
+        &["urls", "--base", "https://hooks.example.com", "--token", "t", "--format", "table"],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{run}");
+    let clicked = run.stdout.lines().find(|line| line.contains("link-clicked")).expect("link-clicked line");
+    assert!(
+        clicked.starts_with("URL Shortener Clicked (formerly Tracking Link Clicked)  "),
+        "{run}"
+    );
+    let failed = run.stdout.lines().find(|line| line.contains("contact-update-failed")).expect("failed line");
+    assert!(!failed.contains("formerly"), "no older name, no note: {run}");
 }
