@@ -81,9 +81,20 @@ pub struct ManArgs {
 }
 
 /// Writes the completion script for `shell` to standard output.
-pub fn print_completions(shell: clap_complete::Shell) {
+///
+/// The script is rendered into memory first because clap_complete panics
+/// when its writer fails; a closed standard output then ends quietly.
+pub fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write;
+
     let mut command = <Cli as clap::CommandFactory>::command();
-    clap_complete::generate(shell, &mut command, "dsevents", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "dsevents", &mut script);
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }
 
 /// Runs `dsevents man`: prints the top-level page, or writes every page to

@@ -22,10 +22,7 @@ fn main() -> ExitCode {
         Command::Prune(args) => dsevents::prune::run(args),
         Command::Forget(args) => dsevents::forget::run(args),
         Command::Status(args) => dsevents::status::run(args),
-        Command::Completions { shell } => {
-            dsevents::cli::print_completions(shell);
-            Ok(())
-        }
+        Command::Completions { shell } => dsevents::cli::print_completions(shell),
         Command::Man(args) => dsevents::cli::man(args),
         Command::Urls(args) => dsevents::urls::run(args),
         Command::Simulate(args) => dsevents::simulate::run(args),

@@ -124,6 +124,22 @@ fn man_to_closed_pipe_ends_quietly() {
 }
 
 #[test]
+fn completions_to_closed_pipe_end_quietly() {
+    for shell in ["bash", "zsh", "fish"] {
+        let mut child = Command::new(common::BIN)
+            .args(["completions", shell])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dsevents completions");
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("wait for dsevents completions");
+        assert_eq!(output.status.code(), Some(0), "{shell}: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{shell}");
+    }
+}
+
+#[test]
 fn man_dir_writes_page_per_command() {
     let dir = tempfile::tempdir().unwrap();
     let pages = dir.path().join("man1");
