@@ -30,6 +30,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     -- duplicate detection.
     body_sha256   BLOB    NOT NULL,
     content_type  TEXT,
+    -- NULL for a delivery received over HTTP; for `dsevents import`, the
+    -- file and line (or array element) it came from: 'import FILE:LINE'.
+    source        TEXT,
     -- stored: normalized into the kind's table.
     -- quarantined: kept, but the body could not be normalized (see error).
     -- unknown_kind: kept, but the URL names no known kind.
@@ -53,6 +56,7 @@ CREATE INDEX IF NOT EXISTS deliveries_kind_received ON deliveries (kind, receive
 -- deliveries_kind_received and scanned the kind's whole duplicate window.
 CREATE INDEX IF NOT EXISTS deliveries_fingerprint ON deliveries (body_sha256, kind, received_at);
 CREATE INDEX IF NOT EXISTS deliveries_dsid ON deliveries (dsid) WHERE dsid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS deliveries_source ON deliveries (source) WHERE source IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_not_stored ON deliveries (outcome, id)
     WHERE outcome <> 'stored';
 -- The few deliveries that are retries. The views leave these out through

@@ -1,10 +1,10 @@
-//! The event catalogue: every DailyStory webhook kind this receiver knows,
+//! The event catalogue: every DailyStory webhook kind this receiver reads,
 //! with its URL slug, its table in `schema.sql` and its documented fields.
 //!
 //! Adding a kind means one entry in `KINDS` and one table in `schema.sql`;
 //! a test checks that the two agree column by column.
 
-/// How a documented field is stored in its typed column.
+/// The storage type of a documented field's column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldType {
     /// Stored as text; numbers and booleans sent in its place are kept as their text.
@@ -311,6 +311,21 @@ pub static KINDS: &[Kind] = &[
 /// Finds a kind by its URL slug.
 pub fn by_slug(slug: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|kind| kind.slug == slug)
+}
+
+/// Returns the kind that undoes `slug`'s effect (an opt-in for an opt-out
+/// on the same channel, and the reverse), if there is one.
+pub fn opposite(slug: &str) -> Option<&'static str> {
+    const PAIRS: [(&str, &str); 3] = [
+        ("email-opt-out", "email-opt-in"),
+        ("sms-opt-out", "sms-opt-in"),
+        ("phone-opt-out", "phone-opt-in"),
+    ];
+    PAIRS.iter().find_map(|(out, into)| match slug {
+        s if s == *out => Some(*into),
+        s if s == *into => Some(*out),
+        _ => None,
+    })
 }
 
 /// Returns every slug, comma separated, for help and error text.

@@ -10,14 +10,18 @@
 //! * The request head must arrive within `Limits::header_timeout` of its
 //!   first byte and fit in `Limits::max_header_bytes`; a connection idle
 //!   for `Limits::idle_timeout` between requests is closed.
-//! * Both Transfer-Encoding and Content-Length, a Content-Length that is
-//!   not a number, or two different Content-Lengths get 400 and the
-//!   connection is closed, so no bytes can be read as a second request.
+//! * Ambiguous framing gets 400 and closes the connection, so no bytes can
+//!   be read as a second request. Ambiguous means both Transfer-Encoding
+//!   and Content-Length, a Content-Length that is not a number, two
+//!   different Content-Lengths, or a head line that ends in LF without CR.
 //! * A declared body over `Limits::max_body` gets 413 before it is read;
 //!   a chunked body is cut off at the limit with 413.
-//! * `Expect: 100-continue` gets the interim 100 answer once the head is
+//! * `Expect: 100-continue` gets the interim 100 response once the head is
 //!   accepted; other expectations get 417.
 //! * A request rejected before its body was read closes the connection.
+//! * A connection whose bytes end before a request does (no complete head,
+//!   or a body shorter than announced) is closed without an answer, as
+//!   there is no complete request to answer.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -41,9 +45,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Time a kept-alive connection may wait for its next request.
     pub idle_timeout: Duration,
-    /// Time allowed for writing an answer.
+    /// Time allowed for writing a response.
     pub write_timeout: Duration,
-    /// Connections served at once; more are answered 503 and closed.
+    /// Connections served at once. More get a 503 response and are closed.
     pub max_connections: usize,
 }
 
@@ -51,8 +55,11 @@ pub struct Limits {
 const MAX_HEADERS: usize = 64;
 /// How often a blocked read wakes up to check for shutdown.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
-/// Stack of each connection thread; requests are handled without recursion.
-const CONNECTION_STACK_BYTES: usize = 256 * 1024;
+/// Stack of each connection thread. Parsing a body recurses once per JSON
+/// nesting level, up to serde_json's limit of 128. In a debug build on
+/// x86-64 that needed between 256 and 320 KiB, so 1 MiB leaves room, and
+/// only the pages a thread touches use memory.
+const CONNECTION_STACK_BYTES: usize = 1024 * 1024;
 
 /// The request line and headers of a request.
 #[derive(Debug, Clone)]
@@ -147,7 +154,7 @@ impl Response {
     }
 }
 
-/// What the server does with requests.
+/// The application behind the HTTP layer: routing, checks and responses.
 pub trait Handler: Send + Sync + 'static {
     /// Decides from the head alone whether to read the body. An `Err`
     /// answers at once without reading the body.
@@ -164,8 +171,8 @@ pub trait Handler: Send + Sync + 'static {
 /// Accepts connections until `shutdown` is set, then waits up to `drain`
 /// for the connections in flight to finish their current request.
 ///
-/// The accept call blocks; whoever sets `shutdown` must wake it with
-/// `wake_listener`.
+/// The accept call blocks, so the code that sets `shutdown` must wake it
+/// with `wake_listener`.
 pub fn serve(
     listener: TcpListener,
     handler: Arc<dyn Handler>,
@@ -175,6 +182,9 @@ pub fn serve(
 ) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
     let limits = Arc::new(limits);
+    // Out of file descriptors, accept fails in a tight loop: log it once a
+    // minute with a count.
+    let throttle = crate::logging::Throttle::default();
 
     for stream in listener.incoming() {
         if shutdown.load(Ordering::SeqCst) {
@@ -184,7 +194,7 @@ pub fn serve(
             Ok(stream) => stream,
             Err(error) => {
                 // EMFILE and similar pass once connections close; keep serving.
-                warn!("accept failed: {error}");
+                throttle.error(&format!("accept {:?}", error.kind()), &format!("accept failed: {error}"));
                 thread::sleep(Duration::from_millis(10));
                 continue;
             }
@@ -216,9 +226,13 @@ pub fn serve(
                 }
             });
         if let Err(error) = spawned {
-            warn!("cannot start a connection thread: {error}");
+            throttle.error("spawn", &format!("cannot start a connection thread, connection dropped: {error}"));
         }
     }
+
+    // Closing the listener makes new connections fail at once instead of
+    // waiting in the backlog until the drain ends.
+    drop(listener);
 
     let deadline = Instant::now() + drain;
     while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -252,7 +266,7 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Why reading a request stopped.
+/// The reason reading a request stopped.
 enum ReadError {
     /// The peer closed the connection or stayed idle; nothing to answer.
     Closed,
@@ -360,7 +374,7 @@ fn serve_connection(stream: TcpStream, handler: &dyn Handler, limits: &Limits, s
             let close = response.close || head.has_body();
             let response = if close { response.closing() } else { response };
             handler.record(Some(&head), response.status, 0, started.elapsed());
-            write_response(&stream, &response)?;
+            send_response(&stream, &response, head.method != "HEAD")?;
             if close {
                 return Ok(());
             }
@@ -392,7 +406,8 @@ fn serve_connection(stream: TcpStream, handler: &dyn Handler, limits: &Limits, s
             response.close = true;
         }
         handler.record(Some(&head), response.status, body_bytes, started.elapsed());
-        write_response(&stream, &response)?;
+        // A response to HEAD carries the headers of the GET response and no body.
+        send_response(&stream, &response, head.method != "HEAD")?;
         if response.close {
             return Ok(());
         }
@@ -407,6 +422,11 @@ fn check_head(head: &Head, handler: &dyn Handler, limits: &Limits) -> Result<(),
         }
     }
     handler.check(head)?;
+    // Without a length or chunked framing a POST body cannot be delimited
+    // (HTTP/1.0 clients may mean "until the connection closes").
+    if head.method == "POST" && head.header("content-length").is_none() && head.header("transfer-encoding").is_none() {
+        return Err(Response::error(411, "send the body with a Content-Length header or chunked encoding").closing());
+    }
     if let Some(length) = head.content_length() {
         if length > limits.max_body as u64 {
             return Err(Response::error(
@@ -436,7 +456,14 @@ fn read_head(connection: &mut Connection, limits: &Limits, peer: SocketAddr) -> 
     let deadline = arrived + limits.header_timeout;
     let mut searched = 0;
     let head_end = loop {
-        if let Some(position) = find_head_end(&connection.buffer, searched) {
+        let end = find_head_end(&connection.buffer, searched);
+        // httparse also accepts LF alone as a line ending, so it could end
+        // the head before this search does. Rejecting such a request keeps
+        // the two in agreement on where the body starts.
+        if has_bare_line_feed(&connection.buffer[..end.unwrap_or(connection.buffer.len())], searched) {
+            return Err(bad_request("a line of the request head ends with LF alone; end lines with CRLF"));
+        }
+        if let Some(position) = end {
             break position;
         }
         searched = connection.buffer.len().saturating_sub(3);
@@ -476,6 +503,11 @@ fn find_head_end(buffer: &[u8], from: usize) -> Option<usize> {
         .map(|position| from + position + 4)
 }
 
+/// Returns true if `bytes` has an LF not preceded by CR at or after `from`.
+fn has_bare_line_feed(bytes: &[u8], from: usize) -> bool {
+    (from..bytes.len()).any(|index| bytes[index] == b'\n' && (index == 0 || bytes[index - 1] != b'\r'))
+}
+
 fn bad_request(reason: &str) -> ReadError {
     ReadError::Reject(Response::error(400, reason))
 }
@@ -497,18 +529,21 @@ fn parse_head(bytes: &[u8], peer: SocketAddr) -> Result<Head, ReadError> {
 
     let method = request.method.unwrap_or_default().to_string();
     let target = request.path.unwrap_or_default();
-    // An absolute-form target (http://host/path) names the path after the authority.
-    let target = match target.find("://") {
-        Some(scheme_end) => {
+    // An absolute-form target (http://host/path?query) names the path after
+    // the authority; an origin-form target starts with '/'. The query is
+    // split off first, so a URL inside it cannot be taken for the path.
+    let (target, query) = match target.split_once('?') {
+        Some((target, query)) => (target, Some(query.to_string())),
+        None => (target, None),
+    };
+    let target = match (target.starts_with('/'), target.find("://")) {
+        (false, Some(scheme_end)) => {
             let after = &target[scheme_end + 3..];
             after.find('/').map_or("/", |slash| &after[slash..])
         }
-        None => target,
+        _ => target,
     };
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path.to_string(), Some(query.to_string())),
-        None => (target.to_string(), None),
-    };
+    let path = normalize_path(target);
     let headers: Vec<(String, Vec<u8>)> = request
         .headers
         .iter()
@@ -517,6 +552,38 @@ fn parse_head(bytes: &[u8], peer: SocketAddr) -> Result<Head, ReadError> {
 
     let body = framing(&headers)?;
     Ok(Head { method, path, query, headers, peer, minor_version: request.version.unwrap_or(1), body })
+}
+
+/// Decodes percent-escaped unreserved characters (RFC 3986 section 6.2.2.2
+/// makes `%2D` and `-` equivalent) and merges repeated slashes. Other
+/// escapes stay as sent.
+fn normalize_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut normalized = String::with_capacity(path.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        if byte == b'%' && index + 2 < bytes.len() {
+            let decoded = std::str::from_utf8(&bytes[index + 1..index + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .filter(|decoded| decoded.is_ascii_alphanumeric() || b"-._~".contains(decoded));
+            if let Some(decoded) = decoded {
+                normalized.push(decoded as char);
+                index += 3;
+                continue;
+            }
+        }
+        if byte == b'/' && normalized.ends_with('/') {
+            index += 1;
+            continue;
+        }
+        // Copy one whole UTF-8 character.
+        let width = path[index..].chars().next().map_or(1, char::len_utf8);
+        normalized.push_str(&path[index..index + width]);
+        index += width;
+    }
+    normalized
 }
 
 /// Decides how the body is delimited, rejecting ambiguous framing that
@@ -535,9 +602,11 @@ fn framing(headers: &[(String, Vec<u8>)]) -> Result<Framing, ReadError> {
                     if part.is_empty() || !part.bytes().all(|byte| byte.is_ascii_digit()) {
                         return Err(bad_request(&format!("Content-Length '{text}' is not a number")));
                     }
-                    let parsed: u64 = part
-                        .parse()
-                        .map_err(|_| bad_request(&format!("Content-Length '{text}' is too large")))?;
+                    // Only digits remain, so a parse failure means the
+                    // number does not fit in 64 bits, which is over any limit.
+                    let parsed: u64 = part.parse().map_err(|_| {
+                        ReadError::Reject(Response::error(413, &format!("Content-Length '{text}' is over the body size limit")))
+                    })?;
                     if length.is_some_and(|seen| seen != parsed) {
                         return Err(bad_request("conflicting Content-Length headers"));
                     }
@@ -630,7 +699,7 @@ fn read_chunked(connection: &mut Connection, limits: &Limits, deadline: Instant)
             return Err(bad_request("chunk data is not followed by CRLF"));
         }
         position += size + 2;
-        // Drop consumed bytes so the buffer holds at most one chunk.
+        // Drop consumed bytes so the buffer contains at most one chunk.
         connection.buffer.drain(..position);
         position = 0;
     }
@@ -662,6 +731,7 @@ fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        411 => "Length Required",
         413 => "Content Too Large",
         417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
@@ -671,7 +741,11 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-fn write_response(mut stream: &TcpStream, response: &Response) -> io::Result<()> {
+fn write_response(stream: &TcpStream, response: &Response) -> io::Result<()> {
+    send_response(stream, response, true)
+}
+
+fn send_response(mut stream: &TcpStream, response: &Response, with_body: bool) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {} {}\r\n", response.status, reason_phrase(response.status));
     for (name, value) in &response.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -683,7 +757,9 @@ fn write_response(mut stream: &TcpStream, response: &Response) -> io::Result<()>
     head.push_str("\r\n");
 
     let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(&response.body);
+    if with_body {
+        bytes.extend_from_slice(&response.body);
+    }
     stream.write_all(&bytes)?;
     stream.flush()?;
     if response.close {
@@ -709,6 +785,16 @@ mod tests {
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
         pairs.iter().map(|(name, value)| (name.to_string(), value.as_bytes().to_vec())).collect()
+    }
+
+    #[test]
+    fn path_normalization() {
+        assert_eq!(normalize_path("/hooks/email%2Dbounced"), "/hooks/email-bounced");
+        assert_eq!(normalize_path("/hooks/%65mail-bounced"), "/hooks/email-bounced");
+        assert_eq!(normalize_path("//hooks///x"), "/hooks/x");
+        assert_eq!(normalize_path("/hooks/a%2Fb"), "/hooks/a%2Fb");
+        assert_eq!(normalize_path("/hooks/%"), "/hooks/%");
+        assert_eq!(normalize_path("/hooks/é%4"), "/hooks/é%4");
     }
 
     #[test]

@@ -11,10 +11,21 @@ use dsevents::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    dsevents::logging::init(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => dsevents::server::run(args),
         Command::Query(command) => dsevents::query::run(command),
+        Command::Replay(args) => dsevents::replay::run(args),
+        Command::Import(args) => dsevents::import::run(args),
+        Command::Export(args) => dsevents::export::run(args),
+        Command::Backup(args) => dsevents::backup::run(args),
+        Command::Prune(args) => dsevents::prune::run(args),
+        Command::Forget(args) => dsevents::forget::run(args),
+        Command::Status(args) => dsevents::status::run(args),
+        Command::Completions { shell } => dsevents::cli::print_completions(shell),
+        Command::Man(args) => dsevents::cli::man(args),
+        Command::Urls(args) => dsevents::urls::run(args),
+        Command::Simulate(args) => dsevents::simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -129,12 +129,11 @@ fn normalize_object(kind: &Kind, json: &Json) -> Result<Row, String> {
     let mut values = Vec::with_capacity(kind.fields.len() + 4);
     let mut dsid = None;
     for field in kind.fields {
-        let value = field
+        let (field_name, value) = field
             .keys
             .iter()
             .find_map(|key| members.get(*key).copied())
-            .unwrap_or(&Json::Null);
-        let field_name = field.keys[0];
+            .unwrap_or((field.keys[0], &Json::Null));
         match field.ty {
             FieldType::Text => values.push(read_text(value)),
             FieldType::Integer => values.push(read_integer(value).map_err(|error| in_field(field_name, error))?),
@@ -151,6 +150,14 @@ fn normalize_object(kind: &Kind, json: &Json) -> Result<Row, String> {
                 dsid = Some(text.clone());
             }
         }
+    }
+    // DailyStory's "Test a Webhook" action may send a placeholder with every
+    // value empty; kept, but not reported as a real opt-out or bounce.
+    if values.iter().all(|value| *value == Value::Null) {
+        return Err(format!(
+            "no documented field of {} has a value (a \"Test a Webhook\" delivery sends such bodies)",
+            kind.slug
+        ));
     }
     Ok(Row { values, dsid })
 }
@@ -187,7 +194,7 @@ fn normalize_failure(json: &Json) -> Row {
         Some(Json::String(text)) => Some(text.clone()),
         Some(Json::Object(object)) => canonical_members(object)
             .get("message")
-            .and_then(|value| value.as_str())
+            .and_then(|(_, value)| value.as_str())
             .map(str::to_string),
         _ => None,
     };
@@ -195,7 +202,7 @@ fn normalize_failure(json: &Json) -> Row {
         .into_iter()
         .flatten()
         .find_map(|value| match value {
-            Json::Object(object) => match read_text(canonical_members(object).get("dsid")?) {
+            Json::Object(object) => match read_text(canonical_members(object).get("dsid")?.1) {
                 Value::Text(text) => Some(text),
                 _ => None,
             },
@@ -212,14 +219,19 @@ fn normalize_failure(json: &Json) -> Row {
     Row { values, dsid }
 }
 
-/// Maps each member's canonical key to its value. When two keys meet in one
-/// canonical key (`dsid` and `dsId`), the first non-null one wins.
-fn canonical_members(object: &serde_json::Map<String, Json>) -> HashMap<String, &Json> {
-    let mut members: HashMap<String, &Json> = HashMap::with_capacity(object.len());
+/// Maps each member's canonical key to its key as sent and its value. When
+/// two keys meet in one canonical key (`dsid` and `dsId`), the first one
+/// with a value (not null, not an empty string) wins.
+fn canonical_members(object: &serde_json::Map<String, Json>) -> HashMap<String, (&str, &Json)> {
+    fn is_empty(value: &Json) -> bool {
+        value.is_null() || value.as_str() == Some("")
+    }
+
+    let mut members: HashMap<String, (&str, &Json)> = HashMap::with_capacity(object.len());
     for (key, value) in object {
-        let entry = members.entry(canonical_key(key)).or_insert(value);
-        if entry.is_null() {
-            *entry = value;
+        let entry = members.entry(canonical_key(key)).or_insert((key.as_str(), value));
+        if is_empty(entry.1) && !is_empty(value) {
+            *entry = (key.as_str(), value);
         }
     }
     members
@@ -292,7 +304,7 @@ fn read_bool(value: &Json) -> Result<Value, String> {
             "" => return Ok(Value::Null),
             "true" | "1" | "yes" | "y" => true,
             "false" | "0" | "no" | "n" => false,
-            _ => return Err(format!("'{text}' is not a boolean (expected true, false, 1 or 0)")),
+            _ => return Err(format!("'{text}' is not a boolean (expected true, false, yes, no, 1 or 0)")),
         },
         other => return Err(format!("expected a boolean, found {}", json_type(other))),
     };

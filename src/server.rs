@@ -1,13 +1,13 @@
-//! The `serve` command: routes, authentication and answers, on top of the
+//! The `serve` command: routes, authentication and responses, on top of the
 //! connection handling in `http` and the group-commit `writer`.
 //!
-//! Answers: 200 stored, 202 kept but not normalized, 401 bad token, 403
-//! source address not allowed, 404 unknown route, 405 wrong method, 413 body
-//! too large, 503 store unavailable. Nothing is stored for a 4xx answer.
+//! Responses: 200 stored, 202 kept but not normalized, 401 bad token, 403
+//! source address not allowed, 404 unknown route, 405 wrong method, 503 store
+//! unavailable. The `http` layer adds 400, 408, 411, 413, 417 and 431 for
+//! requests it cannot read. Nothing is stored for a 4xx response.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,8 +22,9 @@ use subtle::ConstantTimeEq;
 use crate::catalog;
 use crate::cli::{DbArg, UsageError};
 use crate::http::{self, Handler, Head, Limits, Response};
+use crate::metrics::Metrics;
 use crate::store::{self, Delivery, Parsed};
-use crate::writer::{Checkpointer, Writer, WriterConfig, WriterHandle, CHECKPOINT_INTERVAL, WRITER_AUTOCHECKPOINT_PAGES};
+use crate::writer::{Writer, WriterConfig, WriterHandle};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -46,12 +47,12 @@ pub struct ServeArgs {
 
     /// Accept requests only from this network (such as 203.0.113.0/24 or
     /// 2001:db8::/32; a bare address means that one host); repeatable.
-    /// Others are answered 403.
+    /// Others get 403.
     #[arg(long = "allow-from", value_name = "CIDR", value_parser = parse_network)]
     pub allow_from: Vec<IpNet>,
 
     /// Largest accepted body, in bytes; K, KiB, M and MiB suffixes are
-    /// accepted. Larger bodies are answered 413 and not stored.
+    /// accepted. Larger bodies get 413 and are not stored.
     #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = parse_size)]
     pub max_body: usize,
 
@@ -61,21 +62,28 @@ pub struct ServeArgs {
     pub duplicate_window: chrono::Duration,
 
     /// Connections served at once; more are answered 503.
-    #[arg(long, default_value_t = 1024, value_name = "COUNT")]
+    #[arg(long, default_value_t = 1024, value_name = "COUNT", value_parser = parse_count)]
     pub max_connections: usize,
 
     /// Seconds a client may take to send a request's headers, and again
     /// its body, before it gets 408.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub read_timeout: u64,
 
     /// Seconds a kept-alive connection may stay idle between requests.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_timeout: u64,
 
     /// Most deliveries committed in one transaction.
-    #[arg(long, default_value_t = 256, value_name = "COUNT")]
+    #[arg(long, default_value_t = 256, value_name = "COUNT", value_parser = parse_count)]
     pub max_batch: usize,
+}
+
+fn parse_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(count) if count >= 1 => Ok(count),
+        _ => Err(format!("'{text}' is not a count; give a whole number of 1 or more")),
+    }
 }
 
 fn parse_network(text: &str) -> Result<IpNet, String> {
@@ -130,26 +138,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let path = args.db.db.clone();
     let connection = store::open_or_create(&path)?;
-    connection.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)?;
     let health = store::open_existing(&path)?;
-    let checkpointer = Checkpointer::start(store::open_existing(&path)?, CHECKPOINT_INTERVAL)?;
     let listener = TcpListener::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
 
-    let batches = Arc::new(BatchStats::default());
-    let observed = Arc::clone(&batches);
-    let notice = checkpointer.notice();
+    let metrics = Arc::new(Metrics::new(&path));
+    seed_metrics(&health, &metrics)?;
+    let batch_metrics = Arc::clone(&metrics);
     let writer = Writer::start(
         connection,
         WriterConfig {
-            max_batch: args.max_batch.max(1),
+            max_batch: args.max_batch,
             duplicate_window_ms: args.duplicate_window.num_milliseconds(),
             reply_timeout: Duration::from_secs(30),
         },
-        Box::new(move |size| {
-            observed.add(size);
-            notice.committed();
-        }),
+        Box::new(move |batch_size| batch_metrics.batch(batch_size)),
     )?;
 
     let app = Arc::new(App {
@@ -157,7 +160,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         allow_from: args.allow_from.clone(),
         writer: writer.handle(),
         health: Mutex::new(health),
-        path: path.clone(),
+        metrics,
     });
     let limits = Limits {
         max_body: args.max_body,
@@ -166,7 +169,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         body_timeout: Duration::from_secs(args.read_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         write_timeout: Duration::from_secs(args.read_timeout),
-        max_connections: args.max_connections.max(1),
+        max_connections: args.max_connections,
     };
 
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -182,38 +185,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("dsevents listening on http://{address}");
 
     http::serve(listener, app, limits, shutdown, Duration::from_secs(20))?;
-    checkpointer.stop();
     writer.stop();
-    info!("serve stopped: {}", batches.summary());
+    info!("serve stopped");
     Ok(())
 }
 
-/// Counts of the writer's committed transactions, logged at shutdown so that
-/// a load test can see how much group commit grouped.
-#[derive(Default)]
-struct BatchStats {
-    transactions: AtomicU64,
-    deliveries: AtomicU64,
-    largest: AtomicU64,
-}
-
-impl BatchStats {
-    fn add(&self, size: usize) {
-        let size = size as u64;
-        self.transactions.fetch_add(1, Ordering::Relaxed);
-        self.deliveries.fetch_add(size, Ordering::Relaxed);
-        self.largest.fetch_max(size, Ordering::Relaxed);
+/// Starts the last-delivery gauges from the database, so that a restart
+/// does not look like a kind that went silent.
+fn seed_metrics(connection: &rusqlite::Connection, metrics: &Metrics) -> anyhow::Result<()> {
+    let mut statement = connection.prepare("SELECT kind, max(received_at) FROM deliveries GROUP BY kind")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let kind: String = row.get(0)?;
+        let last: String = row.get(1)?;
+        if let Ok(time) = chrono::DateTime::parse_from_rfc3339(&last) {
+            metrics.seed_last_delivery(&kind, time.timestamp_millis());
+        }
     }
-
-    fn summary(&self) -> String {
-        let transactions = self.transactions.load(Ordering::Relaxed);
-        let deliveries = self.deliveries.load(Ordering::Relaxed);
-        let mean = if transactions == 0 { 0.0 } else { deliveries as f64 / transactions as f64 };
-        format!(
-            "writer committed {deliveries} deliveries in {transactions} transactions (mean {mean:.1}, largest {})",
-            self.largest.load(Ordering::Relaxed)
-        )
-    }
+    Ok(())
 }
 
 /// Sets `shutdown` on the first SIGTERM or SIGINT and wakes the listener;
@@ -246,24 +235,29 @@ struct App {
     writer: WriterHandle,
     /// A reader connection for /healthz.
     health: Mutex<rusqlite::Connection>,
-    path: PathBuf,
+    metrics: Arc<Metrics>,
 }
 
-enum Route<'a> {
-    Hook(&'a str),
+enum Route {
+    /// A delivery for the kind slug, lowercased.
+    Hook(String),
     Health,
+    Metrics,
 }
 
-fn route(path: &str) -> Option<Route<'_>> {
-    if path == "/healthz" {
-        return Some(Route::Health);
+fn route(path: &str) -> Option<Route> {
+    match path {
+        "/healthz" => return Some(Route::Health),
+        "/metrics" => return Some(Route::Metrics),
+        _ => {}
     }
     let slug = path.strip_prefix("/hooks/")?;
     let slug = slug.strip_suffix('/').unwrap_or(slug);
     let valid = !slug.is_empty()
         && slug.len() <= 64
         && slug.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
-    valid.then_some(Route::Hook(slug))
+    // Slugs are lowercase; a URL typed as /hooks/Email-Bounced means the same.
+    valid.then(|| Route::Hook(slug.to_ascii_lowercase()))
 }
 
 impl App {
@@ -300,7 +294,10 @@ impl App {
         match connection.query_row("SELECT count(*) FROM deliveries WHERE id = (SELECT max(id) FROM deliveries)", [], |row| {
             row.get::<_, i64>(0)
         }) {
-            Ok(_) => Response::json(200, &json!({ "status": "ok", "database": self.path.display().to_string() })),
+            Ok(_) => match self.writer.failure() {
+                None => Response::json(200, &json!({ "status": "ok" })),
+                Some(reason) => Response::json(503, &json!({ "status": "failing", "error": reason })),
+            },
             Err(cause) => Response::error(503, &format!("database unreachable: {cause}")),
         }
     }
@@ -313,9 +310,9 @@ impl Handler for App {
         }
         match route(&head.path) {
             None => Err(Response::error(404, "not found; deliveries go to POST /hooks/{kind}")),
-            Some(Route::Health) => match head.method.as_str() {
+            Some(Route::Health | Route::Metrics) => match head.method.as_str() {
                 "GET" | "HEAD" => Ok(()),
-                _ => Err(Response::error(405, "use GET for /healthz").with_header("Allow", "GET, HEAD")),
+                _ => Err(Response::error(405, &format!("use GET for {}", head.path)).with_header("Allow", "GET, HEAD")),
             },
             Some(Route::Hook(_)) if head.method != "POST" => {
                 Err(Response::error(405, "use POST to deliver a webhook").with_header("Allow", "POST"))
@@ -331,24 +328,45 @@ impl Handler for App {
     fn handle(&self, head: &Head, body: Vec<u8>) -> Response {
         let slug = match route(&head.path) {
             Some(Route::Health) => return self.health(),
+            Some(Route::Metrics) => {
+                return Response {
+                    status: 200,
+                    headers: vec![("Content-Type", "text/plain; version=0.0.4".to_string())],
+                    body: self.metrics.render().into_bytes(),
+                    close: false,
+                }
+            }
             Some(Route::Hook(slug)) => slug,
             None => return Response::error(404, "not found"),
         };
 
+        let slug = slug.as_str();
         let content_type = head.header("content-type").map(str::to_string);
-        let delivery = Delivery::new(slug, body, content_type, crate::time::now_text());
+        let mut delivery = Delivery::new(slug, body, content_type, crate::time::now_text());
+        // An encoded body cannot be read as JSON. The reason names the
+        // encoding instead of reporting invalid JSON.
+        if let Some(encoding) = head.header("content-encoding").map(str::trim) {
+            if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {
+                delivery.parsed = Parsed::Quarantined(format!(
+                    "Content-Encoding '{encoding}' is not supported; the body is kept as received"
+                ));
+            }
+        }
         let stored = matches!(delivery.parsed, Parsed::Stored(..));
         let reason = delivery.reason();
         let outcome = delivery.outcome();
 
-        match self.writer.write(delivery) {
+        let result = self.writer.write(delivery);
+        let counted_as = if result.is_ok() { outcome } else { "unavailable" };
+        self.metrics.delivery(slug, counted_as, chrono::Utc::now().timestamp_millis());
+        match result {
             Ok(receipt) => {
                 let mut answer = json!({ "id": receipt.id, "kind": slug, "outcome": outcome });
                 if let Some(original) = receipt.duplicate_of {
                     answer["duplicate_of"] = json!(original);
                 }
                 if let Some(reason) = reason {
-                    debug!("delivery {} kept as {outcome}: {reason}", receipt.id);
+                    info!("delivery {} kind={slug} kept as {outcome}: {reason}", receipt.id);
                     answer["reason"] = json!(reason);
                 }
                 Response::json(if stored { 200 } else { 202 }, &answer)
@@ -358,10 +376,15 @@ impl Handler for App {
     }
 
     fn record(&self, head: Option<&Head>, status: u16, body_bytes: usize, elapsed: Duration) {
+        self.metrics.request(status, elapsed);
         // The path only: the query string can carry the token.
         let (method, path) = head.map_or(("-", "-"), |head| (head.method.as_str(), head.path.as_str()));
+        let kind = match route(path) {
+            Some(Route::Hook(slug)) => slug,
+            _ => "-".to_string(),
+        };
         debug!(
-            "request method={method} path={path} status={status} bytes={body_bytes} ms={:.3}",
+            "request method={method} path={path} status={status} kind={kind} bytes={body_bytes} ms={:.3}",
             elapsed.as_secs_f64() * 1000.0
         );
     }
@@ -420,8 +443,9 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert!(matches!(route("/hooks/email-bounced"), Some(Route::Hook("email-bounced"))));
-        assert!(matches!(route("/hooks/email-bounced/"), Some(Route::Hook("email-bounced"))));
+        assert!(matches!(route("/hooks/email-bounced"), Some(Route::Hook(slug)) if slug == "email-bounced"));
+        assert!(matches!(route("/hooks/email-bounced/"), Some(Route::Hook(slug)) if slug == "email-bounced"));
+        assert!(matches!(route("/hooks/EMAIL-Bounced"), Some(Route::Hook(slug)) if slug == "email-bounced"));
         assert!(route("/hooks/").is_none());
         assert!(route("/hooks/a/b").is_none());
         assert!(route("/other").is_none());

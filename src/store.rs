@@ -27,6 +27,9 @@ const STATEMENT_CACHE_CAPACITY: usize = catalog::KINDS.len() + 16;
 /// Opens or creates the database at `path` for `serve`, and brings its
 /// schema up to date.
 pub fn open_or_create(path: &Path) -> anyhow::Result<Connection> {
+    if path.is_dir() {
+        bail!("--db {} is a directory; give the path of the database file", path.display());
+    }
     if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         if !parent.is_dir() {
             bail!(
@@ -38,13 +41,16 @@ pub fn open_or_create(path: &Path) -> anyhow::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(path, flags)
         .with_context(|| format!("cannot open database {}", path.display()))?;
-    prepare_connection(&connection, path)?;
+    prepare_connection(&connection, path, true)?;
     Ok(connection)
 }
 
 /// Opens an existing database for a command that reads or edits it. A
 /// missing file is an error naming the path, never a new empty database.
 pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
+    if path.is_dir() {
+        bail!("--db {} is a directory; give the path of the database file", path.display());
+    }
     if !path.exists() {
         bail!(
             "database {} not found; pass --db PATH (or set DSEVENTS_DB) to the file `dsevents serve` writes",
@@ -54,28 +60,88 @@ pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(path, flags)
         .with_context(|| format!("cannot open database {}", path.display()))?;
-    prepare_connection(&connection, path)?;
+    prepare_connection(&connection, path, false)?;
     Ok(connection)
 }
 
-fn prepare_connection(connection: &Connection, path: &Path) -> anyhow::Result<()> {
+/// Opens an existing database for reading only (reports, status, export),
+/// so a user who may read but not write the file can still run them. A file
+/// whose schema is older than this build is opened read-write instead, to
+/// bring it up to date.
+pub fn open_for_reading(path: &Path) -> anyhow::Result<Connection> {
+    if !path.is_file() {
+        return open_existing(path);
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let version: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .with_context(|| format!("cannot read database {}: is it a SQLite file?", path.display()))?;
+    if version == SCHEMA_VERSION {
+        return Ok(connection);
+    }
+    check_schema(&connection, path, false)?;
+    drop(connection);
+    open_existing(path)
+}
+
+/// Fails unless the file is a dsevents database, or (when `may_create`) an
+/// empty one that dsevents may set up. Runs before anything is written, so
+/// another program's SQLite file given by mistake is left untouched.
+fn check_schema(connection: &Connection, path: &Path, may_create: bool) -> anyhow::Result<()> {
+    let version: i64 = connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .with_context(|| format!("cannot read database {}: is it a SQLite file?", path.display()))?;
+    let (tables, has_deliveries): (i64, bool) = connection.query_row(
+        "SELECT count(*), coalesce(sum(name = 'deliveries'), 0) > 0 FROM sqlite_master
+          WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    if version > 0 || has_deliveries || (tables == 0 && may_create) {
+        return Ok(());
+    }
+    if tables == 0 {
+        bail!(
+            "database {} is empty, not a dsevents database; pass --db PATH to the file `dsevents serve` writes",
+            path.display()
+        );
+    }
+    bail!(
+        "{} is a SQLite database of another program (it has {tables} tables and no deliveries table); \
+         pass --db PATH to the file `dsevents serve` writes, or a new path",
+        path.display()
+    )
+}
+
+fn prepare_connection(connection: &Connection, path: &Path, may_create: bool) -> anyhow::Result<()> {
     connection.busy_timeout(BUSY_TIMEOUT)?;
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    check_schema(connection, path, may_create)?;
     // WAL lets readers (queries, sqlite3, Datasette) run beside the writer.
     // synchronous=FULL syncs the WAL on every commit, so a commit that has
-    // returned survives power loss; `serve` answers only after that commit.
+    // returned survives power loss; `serve` responds only after that commit.
     let mode: String = connection
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .with_context(|| format!("cannot use database {}: is it a SQLite file?", path.display()))?;
     if !mode.eq_ignore_ascii_case("wal") {
         bail!("database {} cannot use WAL journaling (got {mode})", path.display());
     }
-    // Checkpoints run automatically every 1000 WAL pages (SQLite's default).
-    // A long reader can hold the WAL from being reset; once it ends, the
-    // next checkpoint resets it and the file is truncated to this limit.
+    // Checkpoint policy: SQLite's automatic checkpoint (PASSIVE, run after
+    // a commit that leaves 1000 or more pages in the WAL) copies the WAL
+    // into the database file, and the next write starts the WAL over from
+    // its beginning. A reader holding a transaction open blocks both, so
+    // the WAL grows while it lasts. Once it ends, the next checkpoint
+    // completes and the restarted WAL is truncated to journal_size_limit.
+    // That limit, 8 MiB, is about twice the WAL's steady size with 4 KiB
+    // pages, so the file shrinks back after a long reader but is not
+    // truncated in normal use. `serve` also checkpoints with TRUNCATE when
+    // it stops (see `writer`).
     connection.execute_batch(
         "PRAGMA synchronous = FULL;
-         PRAGMA journal_size_limit = 67108864;
+         PRAGMA journal_size_limit = 8388608;
          PRAGMA foreign_keys = ON;",
     )?;
     migrate(connection, path)
@@ -104,7 +170,7 @@ fn migrate(connection: &Connection, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a delivery turned out to be, decided before it reaches the writer.
+/// The outcome of normalizing a delivery, decided before it reaches the writer.
 #[derive(Debug, Clone)]
 pub enum Parsed {
     Stored(&'static Kind, Row),
@@ -119,6 +185,9 @@ pub struct Delivery {
     pub kind: String,
     pub body: Vec<u8>,
     pub content_type: Option<String>,
+    /// The origin of a delivery that did not come over HTTP, such as
+    /// `import events.ndjson:12`.
+    pub source: Option<String>,
     pub sha256: [u8; 32],
     pub parsed: Parsed,
 }
@@ -129,13 +198,18 @@ impl Delivery {
     pub fn new(kind: &str, body: Vec<u8>, content_type: Option<String>, received_at: String) -> Delivery {
         let parsed = match catalog::by_slug(kind) {
             None => Parsed::UnknownKind,
-            Some(known) => match normalize::normalize(known, &body) {
-                Ok(row) => Parsed::Stored(known, row),
-                Err(reason) => Parsed::Quarantined(reason),
+            // A panic while normalizing is a bug in dsevents, but the body
+            // is still kept, quarantined, instead of the request being lost.
+            Some(known) => match std::panic::catch_unwind(|| normalize::normalize(known, &body)) {
+                Ok(Ok(row)) => Parsed::Stored(known, row),
+                Ok(Err(reason)) => Parsed::Quarantined(reason),
+                Err(_) => Parsed::Quarantined(
+                    "normalizing the body panicked (a bug in dsevents); the raw body is kept".to_string(),
+                ),
             },
         };
         let sha256 = Sha256::digest(&body).into();
-        Delivery { received_at, kind: kind.to_string(), body, content_type, sha256, parsed }
+        Delivery { received_at, kind: kind.to_string(), body, content_type, source: None, sha256, parsed }
     }
 
     pub fn outcome(&self) -> &'static str {
@@ -178,14 +252,16 @@ pub struct Receipt {
 ///
 /// `duplicate_window_ms` is how far back an identical body of the same kind
 /// makes this one a duplicate (a retry). An identical body is not a retry
-/// when another delivery for the same contact arrived in between, such as
-/// an opt-in between two identical opt-outs.
+/// when a different delivery of the same kind, or of its opposite kind, for
+/// the same contact arrived in between: opt-out, opt-in, opt-out again is a
+/// contact changing their mind twice, and a lead status that goes back to
+/// an earlier value is a real change.
 pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, duplicate_window_ms: i64) -> rusqlite::Result<Receipt> {
     let duplicate_of = find_original(tx, delivery, duplicate_window_ms)?;
     tx.prepare_cached(
         "INSERT INTO deliveries
-             (received_at, kind, body, body_bytes, body_sha256, content_type, outcome, error, dsid, duplicate_of)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             (received_at, kind, body, body_bytes, body_sha256, content_type, source, outcome, error, dsid, duplicate_of)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         delivery.received_at,
@@ -194,6 +270,7 @@ pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, duplicate_window_m
         delivery.body.len() as i64,
         &delivery.sha256[..],
         delivery.content_type,
+        delivery.source,
         delivery.outcome(),
         delivery.reason(),
         delivery.dsid(),
@@ -255,9 +332,20 @@ fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusql
     let (Some(original), Some(dsid)) = (original, delivery.dsid()) else {
         return Ok(original);
     };
+    // Email opt-outs and opt-ins share one body shape, so an opt-in between
+    // two identical opt-outs can carry the very same bytes: a delivery of
+    // the opposite kind counts even with an identical body.
+    let opposite_kind = catalog::opposite(&delivery.kind).unwrap_or(&delivery.kind);
     let changed_since: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM deliveries WHERE dsid = ?1 AND id > ?2 AND body_sha256 <> ?3)")?
-        .query_row(params![dsid, original, &delivery.sha256[..]], |row| row.get(0))?;
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM deliveries
+                             WHERE dsid = ?1 AND id > ?2 AND kind IN (?4, ?5)
+                               AND (body_sha256 <> ?3 OR kind <> ?4))",
+        )?
+        .query_row(
+            params![dsid, original, &delivery.sha256[..], delivery.kind, opposite_kind],
+            |row| row.get(0),
+        )?;
     Ok(if changed_since { None } else { Some(original) })
 }
 

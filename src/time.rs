@@ -22,8 +22,8 @@ pub fn now_text() -> String {
 pub fn parse_event_time(text: &str) -> Result<Option<DateTime<Utc>>, String> {
     let trimmed = text.trim();
     let time = if let Some(inner) = trimmed.strip_prefix("/Date(").and_then(|s| s.strip_suffix(")/")) {
-        // The optional +hhmm suffix only says which zone the sender was in;
-        // the milliseconds are already UTC.
+        // The optional +hhmm suffix only names the zone the sender was in,
+        // because the milliseconds are already UTC.
         let digits_end = inner
             .char_indices()
             .skip(1)
@@ -56,7 +56,8 @@ pub fn parse_event_time(text: &str) -> Result<Option<DateTime<Utc>>, String> {
 /// large to be seconds before the year 5000.
 pub fn from_unix_number(number: i64) -> Option<DateTime<Utc>> {
     const MAX_SECONDS: i64 = 95_617_584_000; // 5000-01-01
-    if number.abs() < MAX_SECONDS {
+    // unsigned_abs, because abs() overflows on i64::MIN.
+    if number.unsigned_abs() < MAX_SECONDS.unsigned_abs() {
         Utc.timestamp_opt(number, 0).single()
     } else {
         Utc.timestamp_millis_opt(number).single()
@@ -117,8 +118,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    duration.ok_or_else(|| format!("invalid duration '{text}': too large"))
+    // Capped so that subtracting a duration from any time of this century
+    // stays within chrono's range.
+    let max = Duration::days(MAX_DURATION_DAYS);
+    duration
+        .filter(|duration| *duration <= max)
+        .ok_or_else(|| format!("invalid duration '{text}': more than {MAX_DURATION_DAYS} days (100 years)"))
 }
+
+/// Maximum duration accepted anywhere: 100 years.
+const MAX_DURATION_DAYS: i64 = 36_525;
 
 /// Reads a `--since` or `--until` value: a duration back from `now` (`7d`),
 /// a date (`2026-03-01`, midnight UTC) or a timestamp.

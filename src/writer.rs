@@ -7,31 +7,16 @@
 //! synchronous=FULL, and only then wakes each handler. One fsync thus
 //! covers many deliveries, yet a lone delivery on an idle server is written
 //! at once, never held back waiting for company.
-//!
-//! A `Checkpointer` thread copies committed WAL pages into the database file
-//! on a connection of its own, so that this copying runs beside the writer
-//! instead of inside one of its commits.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{error, info, warn};
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::store::{self, Delivery, Receipt};
-
-/// The shortest time between two checkpoints of the `Checkpointer`. In 5 s
-/// load tests at 16 and 64 connections on two shared cores, 20 ms lowered
-/// p99 latency by about a fifth and throughput by about a tenth against
-/// 100 ms, and 5 ms halved p99 for about 15% of the throughput.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// The WAL size in pages past which the writer checkpoints after a commit
-/// on its own connection, as SQLite does every 1000 pages by default. With
-/// a `Checkpointer` running, this only bounds the WAL (40 MB with 4 KiB
-/// pages) when the background checkpoints fall behind.
-pub const WRITER_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
 /// Settings of the writer.
 #[derive(Debug, Clone)]
@@ -40,7 +25,7 @@ pub struct WriterConfig {
     pub max_batch: usize,
     /// How far back an identical body makes a delivery a duplicate, in ms.
     pub duplicate_window_ms: i64,
-    /// Longest a handler waits for its commit before answering 503.
+    /// Maximum time a handler waits for its commit before responding 503.
     pub reply_timeout: Duration,
 }
 
@@ -62,9 +47,19 @@ struct Job {
 pub struct WriterHandle {
     sender: SyncSender<Message>,
     reply_timeout: Duration,
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl WriterHandle {
+    /// Returns the reason writes are failing now, or None while the last
+    /// commit succeeded.
+    pub fn failure(&self) -> Option<String> {
+        match self.failure.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// Writes a delivery and returns once it is committed. An `Err` is the
     /// one-line reason it was not: the delivery must not be acknowledged.
     pub fn write(&self, delivery: Delivery) -> Result<Receipt, String> {
@@ -95,10 +90,21 @@ impl Writer {
         // Bounded so that a stalled disk pushes back on handlers instead of
         // queueing without limit.
         let (sender, receiver) = mpsc::sync_channel(config.max_batch * 4);
-        let handle = WriterHandle { sender, reply_timeout: config.reply_timeout };
-        let thread = thread::Builder::new()
-            .name("writer".to_string())
-            .spawn(move || run(connection, receiver, config, observer))?;
+        let failure = Arc::new(Mutex::new(None));
+        let handle = WriterHandle { sender, reply_timeout: config.reply_timeout, failure: Arc::clone(&failure) };
+        let thread = thread::Builder::new().name("writer".to_string()).spawn(move || {
+            let outage = Outage { failure, ..Outage::default() };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(connection, receiver, config, observer, outage)
+            }));
+            if result.is_err() {
+                // Without the writer every delivery would get 503 while the
+                // process looks alive; exiting lets the service manager
+                // restart it. Unanswered deliveries are retried by DailyStory.
+                error!("the writer thread panicked; exiting so that dsevents is restarted");
+                std::process::exit(70);
+            }
+        })?;
         Ok(Writer { handle, thread: Some(thread) })
     }
 
@@ -119,106 +125,13 @@ impl Writer {
     }
 }
 
-/// A thread that runs a passive checkpoint after commits, at most once
-/// every `CHECKPOINT_INTERVAL`, and sleeps while nothing is committed.
-///
-/// A passive checkpoint copies what it can without waiting for the writer
-/// or for readers. SQLite syncs the database file before it marks pages as
-/// copied, so a crash during a checkpoint loses no commit; tests/crash.rs
-/// kills the server while this thread runs.
-pub struct Checkpointer {
-    signals: SyncSender<Signal>,
-    thread: Option<JoinHandle<()>>,
-}
-
-enum Signal {
-    Committed,
-    Stop,
-}
-
-/// A handle that tells the `Checkpointer` the writer committed. It is cheap
-/// enough to call after every transaction.
-#[derive(Clone)]
-pub struct CommitNotice(SyncSender<Signal>);
-
-impl CommitNotice {
-    pub fn committed(&self) {
-        // Full means a checkpoint is already due, and Disconnected that the
-        // checkpointer has stopped, so either way there is nothing to add.
-        let _ = self.0.try_send(Signal::Committed);
-    }
-}
-
-impl Checkpointer {
-    /// Starts the thread on `connection`, a second connection to the
-    /// writer's database.
-    pub fn start(connection: Connection, interval: Duration) -> std::io::Result<Checkpointer> {
-        let (signals, received) = mpsc::sync_channel(1);
-        let thread = thread::Builder::new()
-            .name("checkpointer".to_string())
-            .spawn(move || run_checkpoints(connection, received, interval))?;
-        Ok(Checkpointer { signals, thread: Some(thread) })
-    }
-
-    /// Returns the handle the writer's observer calls after each commit.
-    pub fn notice(&self) -> CommitNotice {
-        CommitNotice(self.signals.clone())
-    }
-
-    /// Stops the thread after its current checkpoint.
-    pub fn stop(mut self) {
-        // The thread may already have ended; then there is nothing to stop.
-        let _ = self.signals.send(Signal::Stop);
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                error!("the checkpointer thread panicked");
-            }
-        }
-    }
-}
-
-fn run_checkpoints(connection: Connection, signals: Receiver<Signal>, interval: Duration) {
-    let mut failures: u64 = 0;
-    let mut pending = false;
-    loop {
-        if !pending {
-            match signals.recv() {
-                Ok(Signal::Committed) => {}
-                Ok(Signal::Stop) | Err(_) => return,
-            }
-        }
-
-        match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0)) {
-            Ok(_) => failures = 0,
-            Err(cause) => {
-                failures += 1;
-                // Logged at the first failure in a row and every 100th after,
-                // not after every commit.
-                if failures == 1 || failures % 100 == 0 {
-                    warn!("background WAL checkpoint failed ({failures} in a row): {cause}");
-                }
-            }
-        }
-
-        // Wait out the interval so that a busy writer's commits are copied
-        // in groups, remembering whether any arrived meanwhile.
-        pending = false;
-        let deadline = Instant::now() + interval;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            match signals.recv_timeout(deadline - now) {
-                Ok(Signal::Committed) => pending = true,
-                Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => break,
-            }
-        }
-    }
-}
-
-fn run(mut connection: Connection, receiver: Receiver<Message>, config: WriterConfig, observer: BatchObserver) {
+fn run(
+    mut connection: Connection,
+    receiver: Receiver<Message>,
+    config: WriterConfig,
+    observer: BatchObserver,
+    mut outage: Outage,
+) {
     let mut stopping = false;
     while !stopping {
         let first = match receiver.recv() {
@@ -238,12 +151,12 @@ fn run(mut connection: Connection, receiver: Receiver<Message>, config: WriterCo
             }
         }
 
-        write_jobs(&mut connection, jobs, config.duplicate_window_ms, &observer);
+        write_jobs(&mut connection, jobs, config.duplicate_window_ms, &observer, &mut outage);
     }
 
     // Deliveries queued behind the stop message still get written.
     while let Ok(Message::Write(job)) = receiver.try_recv() {
-        write_jobs(&mut connection, vec![job], config.duplicate_window_ms, &observer);
+        write_jobs(&mut connection, vec![job], config.duplicate_window_ms, &observer, &mut outage);
     }
     match connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0)) {
         Ok(0) => info!("checkpointed the WAL into the database file"),
@@ -252,33 +165,106 @@ fn run(mut connection: Connection, receiver: Receiver<Message>, config: WriterCo
     }
 }
 
-/// Commits `jobs` in one transaction and answers each. When the batch fails,
-/// each job is retried alone, so one delivery that cannot be written does
-/// not take the others down with it.
-fn write_jobs(connection: &mut Connection, jobs: Vec<Job>, window_ms: i64, observer: &BatchObserver) {
+/// A run of failed writes, logged when it starts or its cause changes and
+/// once when it ends, so that a full disk does not flood the log with one
+/// line per delivery.
+#[derive(Default)]
+struct Outage {
+    /// Deliveries that got a 503 response since the last successful commit.
+    refused: usize,
+    /// The cause last logged.
+    cause: String,
+    /// The current failure, shared with `WriterHandle::failure`.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl Outage {
+    fn record_failure(&mut self, delivery: &Delivery, cause: &rusqlite::Error) {
+        let cause = cause.to_string();
+        if self.refused == 0 || cause != self.cause {
+            error!(
+                "delivery not stored, responding 503 until writes succeed again: kind={} bytes={} cause={cause}",
+                delivery.kind,
+                delivery.body.len()
+            );
+            set_failure(&self.failure, Some(format!("store unavailable: {cause}")));
+            self.cause = cause;
+        }
+        self.refused += 1;
+    }
+
+    fn record_success(&mut self) {
+        if self.refused > 0 {
+            info!("writes succeed again after {} deliveries got a 503 response", self.refused);
+            self.refused = 0;
+            set_failure(&self.failure, None);
+        }
+    }
+}
+
+fn set_failure(failure: &Mutex<Option<String>>, value: Option<String>) {
+    match failure.lock() {
+        Ok(mut guard) => *guard = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
+    }
+}
+
+/// Returns true for errors that concern the whole store rather than one
+/// delivery: a full disk, a read-only or missing file, an I/O error, or a
+/// lock held past the busy timeout. Retrying the deliveries of a batch one
+/// by one cannot help then, and would make each wait out the busy timeout.
+fn is_store_wide(cause: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        cause.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::ReadOnly
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::PermissionDenied
+                | ErrorCode::OutOfMemory
+                | ErrorCode::DatabaseCorrupt
+                | ErrorCode::NotADatabase
+        )
+    )
+}
+
+/// Commits `jobs` in one transaction and sends each its result. When the batch fails
+/// for a reason that may lie in one delivery, each job is retried alone, so
+/// one delivery that cannot be written does not take the others down with
+/// it.
+fn write_jobs(
+    connection: &mut Connection,
+    jobs: Vec<Job>,
+    window_ms: i64,
+    observer: &BatchObserver,
+    outage: &mut Outage,
+) {
     let deliveries: Vec<&Delivery> = jobs.iter().map(|job| &job.delivery).collect();
     match commit(connection, &deliveries, window_ms) {
         Ok(receipts) => {
+            outage.record_success();
             observer(jobs.len());
             for (job, receipt) in jobs.into_iter().zip(receipts) {
                 // The handler may have timed out and left; nothing to tell it.
                 let _ = job.reply.send(Ok(receipt));
             }
         }
-        Err(cause) if jobs.len() > 1 => {
+        Err(cause) if jobs.len() > 1 && !is_store_wide(&cause) => {
             warn!("batch of {} deliveries failed, retrying one by one: {cause}", jobs.len());
             for job in jobs {
-                write_jobs(connection, vec![job], window_ms, observer);
+                write_jobs(connection, vec![job], window_ms, observer, outage);
             }
         }
         Err(cause) => {
-            let job = &jobs[0];
-            error!(
-                "delivery not stored, answered 503: kind={} bytes={} cause={cause}",
-                job.delivery.kind,
-                job.delivery.body.len()
-            );
-            let _ = job.reply.send(Err(format!("store unavailable: {cause}")));
+            for job in jobs {
+                outage.record_failure(&job.delivery, &cause);
+                // As above, the handler may have left.
+                let _ = job.reply.send(Err(format!("store unavailable: {cause}")));
+            }
         }
     }
 }
@@ -341,7 +327,7 @@ mod tests {
         let (sizes, observer) = recorder();
         let (jobs, answers): (Vec<_>, Vec<_>) = (0..5).map(|n| job(&format!(r#"{{"id":"lnk-{n}"}}"#))).unzip();
 
-        write_jobs(&mut writer, jobs, 0, &observer);
+        write_jobs(&mut writer, jobs, 0, &observer, &mut Outage::default());
 
         let ids: Vec<i64> = answers.iter().map(|answer| answer.try_recv().unwrap().unwrap().id).collect();
         assert_eq!(ids, vec![1, 2, 3, 4, 5]);
@@ -365,7 +351,7 @@ mod tests {
         let bodies = [r#"{"id":"a"}"#, r#"{"id":"reject-me-1"}"#, r#"{"id":"b"}"#, r#"{"id":"reject-me-2"}"#];
         let (jobs, answers): (Vec<_>, Vec<_>) = bodies.iter().map(|body| job(body)).unzip();
 
-        write_jobs(&mut writer, jobs, 0, &observer);
+        write_jobs(&mut writer, jobs, 0, &observer, &mut Outage::default());
 
         let results: Vec<Result<Receipt, String>> = answers.iter().map(|answer| answer.try_recv().unwrap()).collect();
         assert!(results[0].is_ok(), "{:?}", results[0]);
@@ -392,7 +378,7 @@ mod tests {
         let large = format!(r#"{{"id":"lnk-1","padding":"{}"}}"#, "x".repeat(20_000));
         let (jobs, answers): (Vec<_>, Vec<_>) = (0..3).map(|_| job(&large)).unzip();
 
-        write_jobs(&mut writer, jobs, 0, &observer);
+        write_jobs(&mut writer, jobs, 0, &observer, &mut Outage::default());
 
         for answer in &answers {
             let reason = answer.try_recv().unwrap().unwrap_err();
@@ -401,37 +387,6 @@ mod tests {
         }
         assert!(committed_bodies(&reader).is_empty());
         assert!(sizes.lock().unwrap().is_empty());
-    }
-
-    /// After commits, the checkpointer copies committed pages into the
-    /// database file, which otherwise stays at the size the schema left it
-    /// until the WAL reaches SQLite's automatic checkpoint (1000 pages, far
-    /// more than these deliveries fill).
-    #[test]
-    fn checkpointer_copies_wal_into_file() {
-        let (dir, writer, reader) = database();
-        let path = dir.path().join("events.db");
-        let size = || std::fs::metadata(&path).unwrap().len();
-        let initial_size = size();
-        let checkpointer = Checkpointer::start(store::open_existing(&path).unwrap(), Duration::from_millis(10)).unwrap();
-        let notice = checkpointer.notice();
-        let config = WriterConfig { max_batch: 64, duplicate_window_ms: 0, reply_timeout: Duration::from_secs(10) };
-        let running = Writer::start(writer, config, Box::new(move |_| notice.committed())).unwrap();
-
-        let handle = running.handle();
-        for n in 0..50 {
-            handle.write(delivery(&format!(r#"{{"id":"lnk-{n}"}}"#))).unwrap();
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while size() <= initial_size && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        let grown_size = size();
-        checkpointer.stop();
-        running.stop();
-
-        assert!(grown_size > initial_size, "database file still {grown_size} bytes, as it was before the writes");
-        assert_eq!(committed_bodies(&reader).len(), 50);
     }
 
     /// A delivery that arrives alone is committed alone and at once, so the

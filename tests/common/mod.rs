@@ -30,27 +30,18 @@ impl Server {
 
     /// Starts `serve` on `db`, which may already exist.
     pub fn start_on(dir: tempfile::TempDir, db: PathBuf, extra: &[&str]) -> Server {
-        let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(&db)
-            .args(extra)
-            .env_remove("DSEVENTS_TOKEN")
-            .env_remove("DSEVENTS_DB")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = command.spawn().expect("start dsevents serve");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-        let address = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .and_then(|text| text.parse().ok())
-            .unwrap_or_else(|| panic!("serve printed no address, got {line:?}"));
+        let (child, address) = spawn_serve(&db, extra);
         Server { child, address, db, dir }
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same file.
+    pub fn restart(&mut self, extra: &[&str]) {
+        // It may have exited already.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, address) = spawn_serve(&self.db, extra);
+        self.child = child;
+        self.address = address;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -118,6 +109,31 @@ impl Server {
         }
         None
     }
+}
+
+/// Starts `serve` on `db` and port 0, and reads the address it prints.
+fn spawn_serve(db: &Path, extra: &[&str]) -> (Child, SocketAddr) {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .args(extra)
+        .env_remove("DSEVENTS_TOKEN")
+        .env_remove("DSEVENTS_DB")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = command.spawn().expect("start dsevents serve");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+    let address = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| panic!("serve printed no address, got {line:?}"));
+    (child, address)
 }
 
 impl Drop for Server {
