@@ -316,11 +316,11 @@ fn lead_status(args: LeadStatusArgs) -> anyhow::Result<()> {
     let database = &args.common.db.db;
     let connection = store::open_for_reading(database)?;
 
-    // The view computes previous_status over each lead's whole history, so
-    // SQLite can narrow it early by lead_id only: a condition on dsid alone
-    // would read every lead. With --dsid alone, find the contact's leads
-    // first (through the index lead_status_changes_dsid), then read them
-    // one by one.
+    // With --dsid alone, find the contact's leads first (through the index
+    // lead_status_changes_dsid), then read them one by one. A plain
+    // condition on dsid would be as fast, because lead_status_history looks
+    // up each previous_status through an index rather than computing every
+    // lead's history first.
     let leads = match (args.lead, &args.dsid) {
         (Some(lead), _) => vec![Value::Integer(lead)],
         (None, Some(dsid)) => leads_of_contact(&connection, dsid).with_context(|| query_failed(database))?,
