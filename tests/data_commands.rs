@@ -474,3 +474,48 @@ fn commands_name_a_missing_database() {
     }
     assert!(!std::path::Path::new(missing).exists(), "no empty database created");
 }
+
+#[test]
+fn export_streams_rows_of_one_kind() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    server.post("/hooks/email-bounced", br#"{"dsid":"d1","email":"a@example.com","is_spam_complaint":"true","reason":"Spam"}"#);
+    server.post("/hooks/email-bounced", br#"{"dsid":"d2","email":"b@example.com","date":"2026-03-01T14:05:09"}"#);
+    server.post("/hooks/brand-new", br#"{"x":1}"#);
+    server
+        .db()
+        .execute_batch(
+            "UPDATE deliveries SET received_at = '2020-01-01T00:00:00.000Z' WHERE id = 1;
+             UPDATE email_bounces SET received_at = '2020-01-01T00:00:00.000Z' WHERE delivery_id = 1;",
+        )
+        .unwrap();
+    let load = background_load(&server);
+
+    let ndjson = ok(&["export", "--db", &db, "--kind", "email-bounced", "--format", "ndjson"]);
+    let rows: Vec<serde_json::Value> = ndjson.lines().map(|line| serde_json::from_str(line).expect("JSON line")).collect();
+    assert_eq!(rows.len(), 2, "{ndjson}");
+    assert_eq!(rows[0]["email"], "a@example.com");
+    assert_eq!(rows[0]["is_spam_complaint"], 1);
+    assert_eq!(rows[1]["bounced_at"], "2026-03-01T14:05:09.000Z");
+    assert_eq!(rows[1]["date_text"], "2026-03-01T14:05:09");
+    assert_eq!(rows[1]["duplicate_of"], serde_json::Value::Null);
+
+    let recent = ok(&["export", "--db", &db, "--kind", "email-bounced", "--since", "2021-01-01", "--format", "json"]);
+    let recent: serde_json::Value = serde_json::from_str(&recent).expect("JSON array");
+    assert_eq!(recent.as_array().unwrap().len(), 1);
+    assert_eq!(recent[0]["dsid"], "d2");
+
+    let raw = ok(&["export", "--db", &db, "--kind", "brand-new", "--raw"]);
+    let mut lines = raw.lines();
+    assert!(lines.next().unwrap().starts_with("delivery_id,received_at,kind,outcome"), "{raw}");
+    let row = lines.next().expect("one raw row");
+    assert!(row.contains("unknown_kind") && row.contains(r#"{""x"":1}"#), "{raw}");
+
+    assert_eq!(ok(&["export", "--db", &db, "--kind", "email-bounced", "--format", "ndjson"]), ndjson, "a second run gives the same rows");
+    finish(load);
+
+    let args = ["export", "--db", &db, "--kind", "brand-new"];
+    let output = run(&args);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--raw"));
+}
