@@ -115,13 +115,13 @@ enum Framing {
     Chunked,
 }
 
-/// An answer to send.
+/// A response to send.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
-    /// Close the connection after this answer.
+    /// Close the connection after this response.
     pub close: bool,
 }
 

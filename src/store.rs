@@ -220,7 +220,8 @@ impl Delivery {
         }
     }
 
-    /// The reason the body was not normalized, for quarantined and unknown kinds.
+    /// Returns the reason the body was not normalized, for quarantined and
+    /// unknown kinds.
     pub fn reason(&self) -> Option<String> {
         match &self.parsed {
             Parsed::Stored(..) => None,
@@ -253,7 +254,7 @@ pub struct Receipt {
 /// `duplicate_window_ms` is how far back an identical body of the same kind
 /// makes this one a duplicate (a retry). An identical body is not a retry
 /// when a different delivery of the same kind, or of its opposite kind, for
-/// the same contact arrived in between: opt-out, opt-in, opt-out again is a
+/// the same contact arrived in between. Opt-out, opt-in, opt-out again is a
 /// contact changing their mind twice, and a lead status that goes back to
 /// an earlier value is a real change.
 pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, duplicate_window_ms: i64) -> rusqlite::Result<Receipt> {
