@@ -6,7 +6,7 @@
 //! email addresses and mobile numbers that rows matching it carry, so an
 //! erasure by email also removes that contact's text replies. The search
 //! runs in a read transaction; only the erasure takes the write lock, so
-//! `serve` keeps answering while the bodies are scanned.
+//! `serve` keeps responding while the bodies are scanned.
 
 use std::collections::{BTreeMap, BTreeSet};
 

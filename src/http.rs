@@ -20,8 +20,8 @@
 //!   accepted; other expectations get 417.
 //! * A request rejected before its body was read closes the connection.
 //! * A connection whose bytes end before a request does (no complete head,
-//!   or a body shorter than announced) is closed without an answer, as
-//!   there is no complete request to answer.
+//!   or a body shorter than announced) is closed without a response,
+//!   because there is no complete request to respond to.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -126,7 +126,7 @@ pub struct Response {
 }
 
 impl Response {
-    /// Builds an answer with a JSON body.
+    /// Builds a response with a JSON body.
     pub fn json(status: u16, body: &serde_json::Value) -> Response {
         let mut text = body.to_string();
         text.push('\n');
@@ -138,7 +138,7 @@ impl Response {
         }
     }
 
-    /// Builds an answer with a one-line JSON error body `{"error": reason}`.
+    /// Builds a response with a one-line JSON error body `{"error": reason}`.
     pub fn error(status: u16, reason: &str) -> Response {
         Response::json(status, &serde_json::json!({ "error": reason }))
     }

@@ -9,7 +9,7 @@
 //!    `store::Delivery`, which runs `normalize` on the body for the kind
 //!    named in the URL (`catalog` lists every kind, its table and fields).
 //! 3. `writer` commits waiting deliveries together in one transaction
-//!    (group commit) through `store`, and only then lets each handler answer.
+//!    (group commit) through `store`, and only then lets each handler respond.
 //!
 //! Beside that path, `metrics` counts deliveries and requests for
 //! `GET /metrics`, and `logging` sets up the log and throttles repeated

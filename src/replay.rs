@@ -37,7 +37,7 @@ pub struct ReplayArgs {
     pub all: bool,
 }
 
-/// What a replay changed.
+/// Counts of what a replay changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReplaySummary {
     pub examined: u64,

@@ -61,7 +61,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_window)]
     pub duplicate_window: chrono::Duration,
 
-    /// Connections served at once; more are answered 503.
+    /// Connections served at once. More get 503.
     #[arg(long, default_value_t = 1024, value_name = "COUNT", value_parser = parse_count)]
     pub max_connections: usize,
 

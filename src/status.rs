@@ -1,4 +1,4 @@
-//! `dsevents status`: what the database holds per kind, what could not be
+//! `dsevents status`: what the database contains per kind, what could not be
 //! normalized, and warnings an operator must act on, above all a kind that
 //! has gone silent (DailyStory may have paused its subscription).
 

@@ -393,8 +393,8 @@ mod tests {
     }
 
     /// The duplicate lookup runs inside the writer's transaction for every
-    /// delivery; a plan that scans the kind's deliveries made each insert
-    /// slower as the table grew.
+    /// delivery, so a plan that scans the kind's deliveries would make each
+    /// insert slower as the table grows.
     #[test]
     fn duplicate_lookup_uses_fingerprint_index() {
         let connection = Connection::open_in_memory().unwrap();

@@ -370,7 +370,7 @@ mod tests {
     #[test]
     fn full_disk_fails_whole_batch() {
         let (_dir, mut writer, reader) = database();
-        // SQLite answers SQLITE_FULL as soon as the file would need a page
+        // SQLite returns SQLITE_FULL as soon as the file would need a page
         // beyond this limit, as it does when the disk is full.
         let pages: i64 = writer.query_row("PRAGMA page_count", [], |row| row.get(0)).unwrap();
         writer.execute_batch(&format!("PRAGMA max_page_count = {pages}")).unwrap();

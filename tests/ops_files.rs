@@ -35,7 +35,8 @@ fn systemd_unit_is_hardened() {
     let service = "[Service]";
     let exec = unit_value(&unit, service, "ExecStart");
     assert_eq!(exec.len(), 1);
-    assert!(exec[0].contains(" serve ") && exec[0].contains("--db /var/lib/dsevents/"), "{}", exec[0]);
+    assert!(exec[0].contains(" serve "), "{}", exec[0]);
+    assert!(exec[0].contains("--db /var/lib/dsevents/"), "{}", exec[0]);
     for (key, expected) in [
         ("DynamicUser", "yes"),
         ("StateDirectory", "dsevents"),
@@ -105,7 +106,7 @@ fn litestream_replica_restores_every_acknowledged_delivery() {
     }
 
     // Replication is asynchronous (about one sync a second): restore until
-    // the copy holds everything, within a deadline.
+    // the copy contains everything, within a deadline.
     let restored = server.dir.path().join("restored.db");
     let mut found: Vec<i64> = Vec::new();
     let complete = common::wait_for(Duration::from_secs(30), || {

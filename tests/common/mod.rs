@@ -64,11 +64,11 @@ impl Server {
         self.send_raw(&bytes)
     }
 
-    /// Sends raw bytes on a new connection and reads the first answer.
+    /// Sends raw bytes on a new connection and reads the first response.
     pub fn send_raw(&self, bytes: &[u8]) -> Reply {
         let mut stream = self.connect();
         stream.write_all(bytes).expect("send request");
-        read_reply(&mut stream).expect("read answer")
+        read_reply(&mut stream).expect("read response")
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -144,7 +144,7 @@ impl Drop for Server {
     }
 }
 
-/// One HTTP answer.
+/// One HTTP response.
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
@@ -154,7 +154,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|error| panic!("answer is not JSON ({error}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|error| panic!("response is not JSON ({error}): {}", self.body))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -162,7 +162,7 @@ impl Reply {
     }
 }
 
-/// Reads one answer (skipping 100 Continue) from `stream`.
+/// Reads one response (skipping 100 Continue) from `stream`.
 pub fn read_reply(stream: &mut TcpStream) -> std::io::Result<Reply> {
     let mut buffer = Vec::new();
     loop {

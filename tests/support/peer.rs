@@ -69,8 +69,8 @@ impl Peer {
     }
 
     /// Returns the requests received so far. Each request is recorded
-    /// before its response is sent, so after the sending command has exited this
-    /// holds every request it sent.
+    /// before its response is sent, so after the sending command has exited
+    /// the list contains every request it sent.
     pub fn received(&self) -> Vec<Request> {
         self.requests.try_iter().collect()
     }
