@@ -218,6 +218,7 @@ fn main() -> anyhow::Result<()> {
     let step_ms = (end - start).num_milliseconds() as f64 / count as f64;
     // The last few bodies, so that retries repeat a recent one exactly.
     let mut recent: Vec<(&'static str, String)> = Vec::new();
+    let mut recent_bodies = store::RecentBodies::new(DUPLICATE_WINDOW_MS);
     let started = Instant::now();
 
     let mut written = 0;
@@ -243,9 +244,10 @@ fn main() -> anyhow::Result<()> {
                 recent[(serial % 64) as usize] = (kind, body.clone());
             }
             let delivery = Delivery::new(kind, body.into_bytes(), Some("application/json".to_string()), received_at);
-            store::insert_delivery(&tx, &delivery, DUPLICATE_WINDOW_MS)?;
+            store::insert_delivery(&tx, &delivery, &mut recent_bodies)?;
         }
         tx.commit()?;
+        recent_bodies.commit();
         written = batch_end;
         eprintln!("gen_bench_db: {written} of {count} deliveries written ({:.0} s)", started.elapsed().as_secs_f64());
     }

@@ -27,7 +27,7 @@ use crate::catalog;
 use crate::cli::{parse_positive_duration, DbArg, UsageError};
 use crate::normalize::parse_json;
 use crate::progress;
-use crate::store::{self, Delivery, Parsed};
+use crate::store::{self, Delivery, Parsed, RecentBodies};
 use crate::time::{format_utc, now_text, parse_event_time};
 
 /// Deliveries written per transaction.
@@ -149,8 +149,9 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
 
     let mut connection = store::open_existing(&args.db.db)?;
     let mut total = ImportSummary::default();
+    let mut recent = RecentBodies::new(settings.window_ms);
     for file in &args.files {
-        let summary = import_file(&mut connection, file, &settings)?;
+        let summary = import_file(&mut connection, file, &settings, &mut recent)?;
         println!("{}: {}", file.display(), summary.describe(&settings));
         total.add(&summary);
     }
@@ -169,7 +170,12 @@ fn parse_window(text: &str) -> Result<i64, UsageError> {
     Ok(window.num_milliseconds())
 }
 
-fn import_file(connection: &mut Connection, file: &Path, settings: &Settings) -> anyhow::Result<ImportSummary> {
+fn import_file(
+    connection: &mut Connection,
+    file: &Path,
+    settings: &Settings,
+    recent: &mut RecentBodies,
+) -> anyhow::Result<ImportSummary> {
     let name = file.display().to_string();
     let (reader, size): (Box<dyn Read>, u64) = if file.as_os_str() == "-" {
         (Box::new(std::io::stdin()), 0)
@@ -203,7 +209,7 @@ fn import_file(connection: &mut Connection, file: &Path, settings: &Settings) ->
                 for (index, element) in elements.into_iter().enumerate() {
                     batch.push(element_delivery(element.get().as_bytes(), &format!("{name}:#{index}"), settings));
                     if batch.len() == BATCH {
-                        write_batch(connection, &mut batch, settings.window_ms, &mut summary, &bar)?;
+                        write_batch(connection, &mut batch, recent, &mut summary, &bar)?;
                     }
                 }
             }
@@ -246,11 +252,11 @@ fn import_file(connection: &mut Connection, file: &Path, settings: &Settings) ->
             };
             batch.push(pending);
             if batch.len() == BATCH {
-                write_batch(connection, &mut batch, settings.window_ms, &mut summary, &bar)?;
+                write_batch(connection, &mut batch, recent, &mut summary, &bar)?;
             }
         }
     }
-    write_batch(connection, &mut batch, settings.window_ms, &mut summary, &bar)?;
+    write_batch(connection, &mut batch, recent, &mut summary, &bar)?;
     bar.finish_and_clear();
     Ok(summary)
 }
@@ -365,7 +371,7 @@ fn invalid_delivery(body: &[u8], location: &str, settings: &Settings, reason: St
 fn write_batch(
     connection: &mut Connection,
     batch: &mut Vec<Pending>,
-    window_ms: i64,
+    recent: &mut RecentBodies,
     summary: &mut ImportSummary,
     bar: &ProgressBar,
 ) -> anyhow::Result<()> {
@@ -384,7 +390,7 @@ fn write_batch(
             summary.already_present += 1;
             continue;
         }
-        store::insert_delivery(&tx, &delivery, window_ms)?;
+        store::insert_delivery(&tx, &delivery, recent)?;
         match delivery.parsed {
             Parsed::Stored(..) => summary.stored += 1,
             Parsed::Quarantined(_) => summary.quarantined += 1,
@@ -399,7 +405,11 @@ fn write_batch(
             messages.push(message);
         }
     }
-    tx.commit()?;
+    if let Err(cause) = tx.commit() {
+        recent.roll_back();
+        return Err(cause.into());
+    }
+    recent.commit();
     // Reported after the commit, so a message is never printed for a
     // delivery that a failed transaction did not keep.
     bar.suspend(|| messages.iter().for_each(|message| eprintln!("{message}")));

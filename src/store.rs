@@ -1,11 +1,12 @@
 //! The SQLite store: opening a database with the settings every command
 //! relies on, applying `schema.sql`, and writing one delivery.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rusqlite::{params, Connection, OpenFlags, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{self, Kind};
@@ -249,16 +250,11 @@ pub struct Receipt {
     pub duplicate_of: Option<i64>,
 }
 
-/// Writes a delivery and its normalized row inside `tx`.
-///
-/// `duplicate_window_ms` is how far back an identical body of the same kind
-/// makes this one a duplicate (a retry). An identical body is not a retry
-/// when a different delivery of the same kind, or of its opposite kind, for
-/// the same contact arrived in between. Opt-out, opt-in, opt-out again is a
-/// contact changing their mind twice, and a lead status that goes back to
-/// an earlier value is a real change.
-pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, duplicate_window_ms: i64) -> rusqlite::Result<Receipt> {
-    let duplicate_of = find_original(tx, delivery, duplicate_window_ms)?;
+/// Writes a delivery and its normalized row inside `tx`, and marks it as a
+/// duplicate (a retry) when `recent` knows an earlier copy; see
+/// [`RecentBodies`].
+pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, recent: &mut RecentBodies) -> rusqlite::Result<Receipt> {
+    let duplicate_of = recent.find_original(tx, delivery)?;
     tx.prepare_cached(
         "INSERT INTO deliveries
              (received_at, kind, body, body_bytes, body_sha256, content_type, source, outcome, error, dsid, duplicate_of)
@@ -278,6 +274,7 @@ pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, duplicate_window_m
         duplicate_of,
     ])?;
     let id = tx.last_insert_rowid();
+    recent.record(delivery, id);
 
     if let Parsed::Stored(kind, row) = &delivery.parsed {
         insert_row(tx, kind, id, &delivery.received_at, row)?;
@@ -312,105 +309,314 @@ fn insert_sql(kind: &Kind) -> String {
     )
 }
 
-/// The newest earlier copy of a body of the same kind within the window, or
-/// NULL. It runs on every insert, so it must search `deliveries_fingerprint`
-/// (a test checks the plan). `max(id)` rather than `ORDER BY id DESC LIMIT
-/// 1` because the latter sorted the matches in a temporary b-tree, which
-/// SQLite creates and zeroes a page for even when nothing matches.
-const FIND_ORIGINAL_SQL: &str = "SELECT max(id) FROM deliveries
-  WHERE body_sha256 = ?1 AND kind = ?2 AND received_at >= ?3 AND duplicate_of IS NULL";
+/// The bodies received within the duplicate window, kept in memory to find
+/// retries.
+///
+/// A delivery is a duplicate when an identical body of the same kind
+/// arrived at most the window before it (DailyStory retries a delivery
+/// whose answer it did not get). It points to the newest such copy that is
+/// not itself a duplicate. An identical body is not a retry, though, when a
+/// different delivery of the same kind, or of its opposite kind, for the
+/// same contact arrived in between: opt-out, opt-in, opt-out again is a
+/// contact changing their mind twice.
+///
+/// An index on `body_sha256` would answer the lookup in SQL, but its keys
+/// are random, so each delivery wrote a page of its own into it, and
+/// profiling showed page writes bound the writer. Here a map from
+/// fingerprint (the first 8 bytes of the SHA-256, mixed with the kind) to
+/// the newest delivery with it holds the window, read at the first lookup
+/// through `deliveries_received` and kept up to date by `insert_delivery`.
+/// A hit is confirmed against the stored row, so a fingerprint collision
+/// never marks a delivery wrongly. Deliveries that another process writes
+/// after the map was read (an import beside `serve`) are not in it.
+pub struct RecentBodies {
+    window_ms: i64,
+    /// Fingerprint to the newest delivery id with it and its time in ms.
+    newest: HashMap<u64, (i64, i64)>,
+    /// The entries replaced since the last commit, oldest first, to undo
+    /// them when the transaction rolls back.
+    undo: Vec<(u64, Option<(i64, i64)>)>,
+    /// Every delivery received at or after this time (ms) is in `newest`.
+    loaded_from: Option<i64>,
+    /// The latest receive time recorded, in ms.
+    latest_ms: i64,
+    /// `newest` drops expired entries when it reaches this size.
+    purge_at: usize,
+}
 
-fn find_original(tx: &Transaction, delivery: &Delivery, window_ms: i64) -> rusqlite::Result<Option<i64>> {
-    if window_ms <= 0 {
-        return Ok(None);
+impl RecentBodies {
+    /// `window_ms` of 0 or less disables duplicate marking.
+    pub fn new(window_ms: i64) -> RecentBodies {
+        RecentBodies {
+            window_ms,
+            newest: HashMap::new(),
+            undo: Vec::new(),
+            loaded_from: None,
+            latest_ms: i64::MIN,
+            purge_at: 4096,
+        }
     }
-    let since = chrono::DateTime::parse_from_rfc3339(&delivery.received_at)
-        .map(|time| crate::time::format_utc(time.to_utc() - chrono::Duration::milliseconds(window_ms)))
-        .unwrap_or_default();
-    let original: Option<i64> = tx
-        .prepare_cached(FIND_ORIGINAL_SQL)?
-        .query_row(params![&delivery.sha256[..], delivery.kind, since], |row| row.get(0))?;
-    let (Some(original), Some(dsid)) = (original, delivery.dsid()) else {
-        return Ok(original);
+
+    /// Keeps the deliveries recorded since the last commit. Call it after
+    /// the transaction commits.
+    pub fn commit(&mut self) {
+        self.undo.clear();
+        if self.newest.len() >= self.purge_at {
+            let cutoff = self.latest_ms.saturating_sub(self.window_ms);
+            self.newest.retain(|_, (_, received_ms)| *received_ms >= cutoff);
+            self.loaded_from = self.loaded_from.map(|from| from.max(cutoff));
+            self.purge_at = (self.newest.len() * 2).max(4096);
+        }
+    }
+
+    /// Forgets the deliveries recorded since the last commit. Call it when
+    /// the transaction rolls back: SQLite gives their ids to the next rows.
+    pub fn roll_back(&mut self) {
+        for (key, previous) in self.undo.drain(..).rev() {
+            match previous {
+                Some(entry) => self.newest.insert(key, entry),
+                None => self.newest.remove(&key),
+            };
+        }
+    }
+
+    /// The fingerprint of a body of a kind.
+    fn key(sha256: &[u8; 32], kind: &str) -> u64 {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&sha256[..8]);
+        // FNV-1a of the kind, so that an opt-out and an opt-in with the same
+        // body have different fingerprints.
+        let kind = kind.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+        u64::from_le_bytes(prefix) ^ kind
+    }
+
+    fn record(&mut self, delivery: &Delivery, id: i64) {
+        if self.window_ms <= 0 {
+            return;
+        }
+        let Some(received_ms) = millis(&delivery.received_at) else { return };
+        let key = Self::key(&delivery.sha256, &delivery.kind);
+        let previous = self.newest.get(&key).copied();
+        if previous.is_some_and(|(newest_id, _)| newest_id > id) {
+            return;
+        }
+        self.undo.push((key, previous));
+        self.newest.insert(key, (id, received_ms));
+        self.latest_ms = self.latest_ms.max(received_ms);
+    }
+
+    /// Reads the deliveries received since `since_ms` that are not in the
+    /// map yet.
+    fn load(&mut self, connection: &Connection, since_ms: i64) -> rusqlite::Result<()> {
+        if self.loaded_from.is_some_and(|from| from <= since_ms) {
+            return Ok(());
+        }
+        let since = crate::time::format_utc(chrono::DateTime::from_timestamp_millis(since_ms).unwrap_or_default());
+        let until = self
+            .loaded_from
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(crate::time::format_utc);
+        let mut statement = connection.prepare_cached(
+            "SELECT id, kind, body_sha256, received_at FROM deliveries
+              WHERE received_at >= ?1 AND (?2 IS NULL OR received_at < ?2)",
+        )?;
+        let mut rows = statement.query(params![since, until])?;
+        while let Some(row) = rows.next()? {
+            let (id, kind, sha256, received_at): (i64, String, Vec<u8>, String) =
+                (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
+            let (Ok(sha256), Some(received_ms)) = (<[u8; 32]>::try_from(sha256), millis(&received_at)) else {
+                continue;
+            };
+            let entry = self.newest.entry(Self::key(&sha256, &kind)).or_insert((id, received_ms));
+            if entry.0 < id {
+                *entry = (id, received_ms);
+            }
+        }
+        self.loaded_from = Some(since_ms);
+        Ok(())
+    }
+
+    /// The delivery `delivery` repeats, if it is a retry.
+    fn find_original(&mut self, tx: &Connection, delivery: &Delivery) -> rusqlite::Result<Option<i64>> {
+        if self.window_ms <= 0 {
+            return Ok(None);
+        }
+        let Some(received_ms) = millis(&delivery.received_at) else { return Ok(None) };
+        let since_ms = received_ms.saturating_sub(self.window_ms);
+        self.load(tx, since_ms)?;
+        let Some(&(candidate, _)) = self.newest.get(&Self::key(&delivery.sha256, &delivery.kind)) else { return Ok(None) };
+
+        // The newest delivery with this fingerprint, or the original it
+        // repeats, is the newest original: confirm it is the same body and
+        // kind, and within the window.
+        let found: Option<(Vec<u8>, String, i64)> = tx
+            .prepare_cached("SELECT body_sha256, kind, coalesce(duplicate_of, id) FROM deliveries WHERE id = ?1")?
+            .query_row([candidate], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .optional()?;
+        let Some((sha256, kind, original)) = found else { return Ok(None) };
+        if sha256 != delivery.sha256 || kind != delivery.kind {
+            return Ok(None);
+        }
+        let original_ms: Option<i64> = tx
+            .prepare_cached("SELECT received_at FROM deliveries WHERE id = ?1")?
+            .query_row([original], |row| row.get::<_, String>(0))
+            .optional()?
+            .and_then(|text| millis(&text));
+        if original_ms.is_none_or(|ms| ms < since_ms) {
+            return Ok(None);
+        }
+        Ok(if changed_since(tx, delivery, original)? { None } else { Some(original) })
+    }
+}
+
+/// Whether the contact of `delivery` had another delivery of its kind, or
+/// one of the opposite kind, after delivery `original`. Reads the kinds'
+/// tables through their dsid indexes.
+fn changed_since(tx: &Connection, delivery: &Delivery, original: i64) -> rusqlite::Result<bool> {
+    let (Parsed::Stored(kind, _), Some(dsid)) = (&delivery.parsed, delivery.dsid()) else {
+        return Ok(false);
     };
     // Email opt-outs and opt-ins share one body shape, so an opt-in between
     // two identical opt-outs can carry the very same bytes: a delivery of
     // the opposite kind counts even with an identical body.
-    let opposite_kind = catalog::opposite(&delivery.kind).unwrap_or(&delivery.kind);
-    let changed_since: bool = tx
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM deliveries
-                             WHERE dsid = ?1 AND id > ?2 AND kind IN (?4, ?5)
-                               AND (body_sha256 <> ?3 OR kind <> ?4))",
-        )?
-        .query_row(
-            params![dsid, original, &delivery.sha256[..], delivery.kind, opposite_kind],
-            |row| row.get(0),
-        )?;
-    Ok(if changed_since { None } else { Some(original) })
+    let same_kind = format!(
+        "SELECT EXISTS (SELECT 1 FROM {table} k JOIN deliveries d ON d.id = k.delivery_id
+                         WHERE k.dsid = ?1 AND k.delivery_id > ?2 AND d.body_sha256 <> ?3)",
+        table = kind.table
+    );
+    if tx.prepare_cached(&same_kind)?.query_row(params![dsid, original, &delivery.sha256[..]], |row| row.get(0))? {
+        return Ok(true);
+    }
+    let Some(opposite) = catalog::opposite(kind.slug).and_then(catalog::by_slug) else { return Ok(false) };
+    let opposite_kind =
+        format!("SELECT EXISTS (SELECT 1 FROM {} WHERE dsid = ?1 AND delivery_id > ?2)", opposite.table);
+    tx.prepare_cached(&opposite_kind)?.query_row(params![dsid, original], |row| row.get(0))
+}
+
+/// Milliseconds since the Unix epoch of a stored received_at text.
+fn millis(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|time| time.timestamp_millis())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Writes each delivery in its own transaction, as the writer does
+    /// under light load.
+    fn write(connection: &mut Connection, recent: &mut RecentBodies, deliveries: &[Delivery]) -> Vec<Receipt> {
+        let mut receipts = Vec::new();
+        for delivery in deliveries {
+            let tx = connection.transaction().unwrap();
+            receipts.push(insert_delivery(&tx, delivery, recent).unwrap());
+            tx.commit().unwrap();
+            recent.commit();
+        }
+        receipts
+    }
+
+    fn click(id: &str, received_at: &str) -> Delivery {
+        Delivery::new("link-clicked", format!(r#"{{"id":"{id}"}}"#).into_bytes(), None, received_at.to_string())
+    }
+
     #[test]
     fn retry_points_to_first_copy() {
         let mut connection = Connection::open_in_memory().unwrap();
         connection.execute_batch(SCHEMA_SQL).unwrap();
-        let body = br#"{"id":"lnk-1"}"#.to_vec();
-        let tx = connection.transaction().unwrap();
-        let mut receipts = Vec::new();
-        for second in 1..=3 {
-            let received_at = format!("2026-03-01T14:05:0{second}.000Z");
-            let delivery = Delivery::new("link-clicked", body.clone(), None, received_at);
-            receipts.push(insert_delivery(&tx, &delivery, 60_000).unwrap());
-        }
-        let other = Delivery::new("link-clicked", br#"{"id":"lnk-2"}"#.to_vec(), None, "2026-03-01T14:05:04.000Z".into());
-        let other = insert_delivery(&tx, &other, 60_000).unwrap();
-        tx.commit().unwrap();
+        let mut recent = RecentBodies::new(60_000);
+        let receipts = write(
+            &mut connection,
+            &mut recent,
+            &[
+                click("lnk-1", "2026-03-01T14:05:01.000Z"),
+                click("lnk-1", "2026-03-01T14:05:02.000Z"),
+                click("lnk-1", "2026-03-01T14:05:03.000Z"),
+                click("lnk-2", "2026-03-01T14:05:04.000Z"),
+            ],
+        );
 
         assert_eq!(receipts[0].duplicate_of, None);
         assert_eq!(receipts[1].duplicate_of, Some(receipts[0].id));
         assert_eq!(receipts[2].duplicate_of, Some(receipts[0].id));
-        assert_eq!(other.duplicate_of, None);
+        assert_eq!(receipts[3].duplicate_of, None);
     }
 
     #[test]
     fn retry_outside_window_is_new() {
         let mut connection = Connection::open_in_memory().unwrap();
         connection.execute_batch(SCHEMA_SQL).unwrap();
-        let body = br#"{"id":"lnk-1"}"#.to_vec();
-        let tx = connection.transaction().unwrap();
-        let first = Delivery::new("link-clicked", body.clone(), None, "2026-03-01T14:00:00.000Z".into());
-        let first = insert_delivery(&tx, &first, 60_000).unwrap();
-        let late = Delivery::new("link-clicked", body, None, "2026-03-01T14:01:00.001Z".into());
-        let late = insert_delivery(&tx, &late, 60_000).unwrap();
-        tx.commit().unwrap();
+        let mut recent = RecentBodies::new(60_000);
+        let receipts = write(
+            &mut connection,
+            &mut recent,
+            &[click("lnk-1", "2026-03-01T14:00:00.000Z"), click("lnk-1", "2026-03-01T14:01:00.001Z")],
+        );
 
-        assert_eq!(first.duplicate_of, None);
-        assert_eq!(late.duplicate_of, None);
+        assert_eq!(receipts[0].duplicate_of, None);
+        assert_eq!(receipts[1].duplicate_of, None);
     }
 
-    /// The duplicate lookup runs inside the writer's transaction for every
-    /// delivery, so a plan that scans the kind's deliveries would make each
-    /// insert slower as the table grows.
+    /// A restarted server reads the window back from the database, so a
+    /// retry that arrives after the restart is still marked.
     #[test]
-    fn duplicate_lookup_uses_fingerprint_index() {
-        let connection = Connection::open_in_memory().unwrap();
+    fn retry_found_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let first = {
+            let mut connection = open_or_create(&path).unwrap();
+            write(&mut connection, &mut RecentBodies::new(60_000), &[click("lnk-1", "2026-03-01T14:00:00.000Z")])
+        };
+        let mut connection = open_existing(&path).unwrap();
+        let retry = write(&mut connection, &mut RecentBodies::new(60_000), &[click("lnk-1", "2026-03-01T14:00:30.000Z")]);
+
+        assert_eq!(retry[0].duplicate_of, Some(first[0].id));
+    }
+
+    /// A rolled-back delivery is forgotten: SQLite hands its id to the next
+    /// row, which must not be taken for its copy.
+    #[test]
+    fn rolled_back_delivery_forgotten() {
+        let mut connection = Connection::open_in_memory().unwrap();
         connection.execute_batch(SCHEMA_SQL).unwrap();
-        let plan: Vec<String> = connection
-            .prepare(&format!("EXPLAIN QUERY PLAN {FIND_ORIGINAL_SQL}"))
-            .unwrap()
-            .query_map(params![&[0u8; 32][..], "email-opt-out", "2026-01-01T00:00:00.000Z"], |row| row.get(3))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        let search = plan.iter().find(|step| step.starts_with("SEARCH deliveries"));
-        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "plan: {plan:?}");
-        assert!(
-            search.is_some_and(|step| step.contains("deliveries_fingerprint (body_sha256=? AND kind=? AND received_at>?)")),
-            "plan: {plan:?}"
+        let mut recent = RecentBodies::new(60_000);
+        {
+            let tx = connection.transaction().unwrap();
+            insert_delivery(&tx, &click("lnk-1", "2026-03-01T14:00:00.000Z"), &mut recent).unwrap();
+            tx.rollback().unwrap();
+            recent.roll_back();
+        }
+        let receipts = write(
+            &mut connection,
+            &mut recent,
+            &[click("lnk-2", "2026-03-01T14:00:01.000Z"), click("lnk-1", "2026-03-01T14:00:02.000Z")],
         );
+
+        assert_eq!(receipts[0].id, 1);
+        assert_eq!(receipts[1].duplicate_of, None);
+    }
+
+    /// Expired bodies leave the map once it grows, and a body repeated
+    /// after the window is a new delivery again.
+    #[test]
+    fn expired_bodies_purged() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(SCHEMA_SQL).unwrap();
+        let mut recent = RecentBodies::new(1_000);
+        let start = chrono::DateTime::parse_from_rfc3339("2026-03-01T14:00:00.000Z").unwrap().to_utc();
+        let tx = connection.transaction().unwrap();
+        for n in 0..10_000 {
+            let at = crate::time::format_utc(start + chrono::Duration::milliseconds(n));
+            insert_delivery(&tx, &click(&format!("lnk-{n}"), &at), &mut recent).unwrap();
+        }
+        tx.commit().unwrap();
+        recent.commit();
+
+        assert!(recent.newest.len() <= 1_001, "{} entries kept", recent.newest.len());
+        let late = crate::time::format_utc(start + chrono::Duration::milliseconds(10_000));
+        let again = write(&mut connection, &mut recent, &[click("lnk-9990", &late), click("lnk-5", &late)]);
+        assert_eq!(again[0].duplicate_of, Some(9_991));
+        assert_eq!(again[1].duplicate_of, None);
     }
 }

@@ -41,6 +41,8 @@ impl Fixture {
     fn deliver_all(&self, deliveries: &[(&str, &str, &str)]) -> Vec<Receipt> {
         let mut connection = store::open_or_create(&self.db).expect("open the database");
         let tx = connection.transaction().expect("begin a transaction");
+        // Read from the database each time, as a restarted server would.
+        let mut recent = store::RecentBodies::new(DUPLICATE_WINDOW_MS);
         let mut receipts = Vec::new();
         for (kind, body, received_at) in deliveries {
             let delivery = Delivery::new(
@@ -49,7 +51,7 @@ impl Fixture {
                 Some("application/json".into()),
                 received_at.to_string(),
             );
-            receipts.push(store::insert_delivery(&tx, &delivery, DUPLICATE_WINDOW_MS).expect("insert a delivery"));
+            receipts.push(store::insert_delivery(&tx, &delivery, &mut recent).expect("insert a delivery"));
         }
         tx.commit().expect("commit");
         receipts

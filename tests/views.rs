@@ -13,10 +13,11 @@ fn database(deliveries: &[(&str, &str, u32)]) -> Connection {
     let mut connection = Connection::open_in_memory().unwrap();
     connection.execute_batch(store::SCHEMA_SQL).unwrap();
     let tx = connection.transaction().unwrap();
+    let mut recent = store::RecentBodies::new(WINDOW_MS);
     for (kind, body, minute) in deliveries {
         let received_at = format!("2026-03-01T14:{minute:02}:00.000Z");
         let delivery = Delivery::new(kind, body.as_bytes().to_vec(), None, received_at);
-        store::insert_delivery(&tx, &delivery, WINDOW_MS).unwrap();
+        store::insert_delivery(&tx, &delivery, &mut recent).unwrap();
     }
     tx.commit().unwrap();
     connection
