@@ -123,7 +123,9 @@ fn prepare_connection(connection: &Connection, path: &Path, may_create: bool) ->
     check_schema(connection, path, may_create)?;
     // WAL lets readers (queries, sqlite3, Datasette) run beside the writer.
     // synchronous=FULL syncs the WAL on every commit, so a commit that has
-    // returned survives power loss; `serve` responds only after that commit.
+    // returned survives power loss. `serve`'s writer switches to NORMAL and
+    // syncs the WAL on a thread of its own before it responds, which keeps
+    // the same promise (see `writer`).
     let mode: String = connection
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
         .with_context(|| format!("cannot use database {}: is it a SQLite file?", path.display()))?;
@@ -464,7 +466,7 @@ impl RecentBodies {
             .query_row([original], |row| row.get::<_, String>(0))
             .optional()?
             .and_then(|text| millis(&text));
-        if original_ms.is_none_or(|ms| ms < since_ms) {
+        if original_ms.map_or(true, |ms| ms < since_ms) {
             return Ok(None);
         }
         Ok(if changed_since(tx, delivery, original)? { None } else { Some(original) })

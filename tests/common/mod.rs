@@ -30,7 +30,16 @@ impl Server {
 
     /// Starts `serve` on `db`, which may already exist.
     pub fn start_on(dir: tempfile::TempDir, db: PathBuf, extra: &[&str]) -> Server {
-        let (child, address) = spawn_serve(&db, extra);
+        let (child, address) = spawn_serve(&db, extra, &[]);
+        Server { child, address, db, dir }
+    }
+
+    /// Starts `serve` on a new temporary database with extra environment
+    /// variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Server {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let db = dir.path().join("events.db");
+        let (child, address) = spawn_serve(&db, extra, env);
         Server { child, address, db, dir }
     }
 
@@ -39,7 +48,7 @@ impl Server {
         // It may have exited already.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, address) = spawn_serve(&self.db, extra);
+        let (child, address) = spawn_serve(&self.db, extra, &[]);
         self.child = child;
         self.address = address;
     }
@@ -112,8 +121,9 @@ impl Server {
 }
 
 /// Starts `serve` on `db` and port 0, and reads the address it prints.
-fn spawn_serve(db: &Path, extra: &[&str]) -> (Child, SocketAddr) {
+fn spawn_serve(db: &Path, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (Child, SocketAddr) {
     let mut command = Command::new(BIN);
+    command.envs(env.iter().copied());
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--db"])
         .arg(db)
