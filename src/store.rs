@@ -132,19 +132,21 @@ fn prepare_connection(connection: &Connection, path: &Path, may_create: bool) ->
     if !mode.eq_ignore_ascii_case("wal") {
         bail!("database {} cannot use WAL journaling (got {mode})", path.display());
     }
-    // Checkpoint policy: SQLite's automatic checkpoint (PASSIVE, run after
-    // a commit that leaves 1000 or more pages in the WAL) copies the WAL
-    // into the database file, and the next write starts the WAL over from
-    // its beginning. A reader holding a transaction open blocks both, so
-    // the WAL grows while it lasts. Once it ends, the next checkpoint
-    // completes and the restarted WAL is truncated to journal_size_limit.
-    // That limit, 8 MiB, is about twice the WAL's steady size with 4 KiB
-    // pages, so the file shrinks back after a long reader but is not
-    // truncated in normal use. `serve` also checkpoints with TRUNCATE when
-    // it stops (see `writer`).
+    // Checkpoint policy: a checkpoint copies the WAL into the database
+    // file, and the next write after a complete one starts the WAL over
+    // from its beginning. `serve` checkpoints on a thread of its own while
+    // it writes, and its writer completes a checkpoint itself once the WAL
+    // holds 4000 pages, about 16 MB (see `writer`); other commands leave it
+    // to SQLite's automatic checkpoint at 1000 pages. A reader holding a
+    // transaction open keeps checkpoints from completing, so the WAL grows
+    // while it lasts. Once it ends, the next checkpoint completes and the
+    // restarted WAL is truncated to journal_size_limit. That limit, 32 MiB,
+    // is about twice the WAL's size under load, so the file shrinks back
+    // after a long reader but is not truncated in normal use. `serve` also
+    // checkpoints with TRUNCATE when it stops.
     connection.execute_batch(
         "PRAGMA synchronous = FULL;
-         PRAGMA journal_size_limit = 8388608;
+         PRAGMA journal_size_limit = 33554432;
          PRAGMA foreign_keys = ON;",
     )?;
     migrate(connection, path)

@@ -34,12 +34,20 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::store::{self, Delivery, Receipt, RecentBodies};
+
+/// WAL pages at which the writer checkpoints itself, after the commit that
+/// reaches them, so that the WAL starts over from its beginning. About
+/// 16 MB of WAL with 4 KiB pages.
+const WAL_RESTART_PAGES: u32 = 4000;
+
+/// Shortest time between two background checkpoints.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Settings of the writer.
 #[derive(Debug, Clone)]
@@ -108,28 +116,36 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer and syncer threads on `connection`.
+    /// Starts the writer, syncer and checkpointer threads on `connection`.
     pub fn start(connection: Connection, config: WriterConfig, observer: BatchObserver) -> anyhow::Result<Writer> {
         // See the module comment: the syncer thread makes each commit
         // durable before it is acknowledged.
-        connection.execute_batch("PRAGMA synchronous = NORMAL")?;
+        connection.execute_batch(&format!(
+            "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = {WAL_RESTART_PAGES};"
+        ))?;
         let wal = WalFile::of_database(&connection)?;
+        let checkpoints = store::open_existing(wal.database())?;
         // Bounded so that a stalled disk pushes back on handlers instead of
         // queueing without limit.
         let (sender, receiver) = mpsc::sync_channel(config.max_batch * 4);
         let failure = Arc::new(Mutex::new(None));
         let handle = WriterHandle { sender, reply_timeout: config.reply_timeout, failure: Arc::clone(&failure) };
 
+        let (kick, kicks) = mpsc::sync_channel(1);
+        let checkpointer = thread::Builder::new()
+            .name("checkpointer".to_string())
+            .spawn(move || checkpoint_loop(checkpoints, kicks))?;
         let (to_syncer, syncer_inbox) = mpsc::channel();
         let syncer_failure = Arc::clone(&failure);
         let syncer = thread::Builder::new()
             .name("syncer".to_string())
-            .spawn(move || sync_loop(wal, syncer_inbox, syncer_failure))?;
+            .spawn(move || sync_loop(wal, syncer_inbox, syncer_failure, kick))?;
 
         let thread = thread::Builder::new().name("writer".to_string()).spawn(move || {
             let outage = Outage { failure, ..Outage::default() };
+            let helpers = [syncer, checkpointer];
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(connection, receiver, to_syncer, syncer, config, observer, outage)
+                run(connection, receiver, to_syncer, helpers, config, observer, outage)
             }));
             if result.is_err() {
                 // Without the writer every delivery would get 503 while the
@@ -169,7 +185,7 @@ fn run(
     mut connection: Connection,
     receiver: Receiver<Message>,
     to_syncer: Sender<Vec<Committed>>,
-    syncer: JoinHandle<()>,
+    helpers: [JoinHandle<()>; 2],
     config: WriterConfig,
     observer: BatchObserver,
     mut outage: Outage,
@@ -203,10 +219,13 @@ fn run(
         let committed = write_jobs(&mut connection, vec![job], &mut recent, &observer, &mut outage);
         hand_over(&to_syncer, committed);
     }
-    // The syncer answers what it holds, then ends once its inbox closes.
+    // The syncer answers what it holds and ends once its inbox closes; the
+    // checkpointer ends with it.
     drop(to_syncer);
-    if syncer.join().is_err() {
-        error!("the syncer thread panicked");
+    for helper in helpers {
+        if helper.join().is_err() {
+            error!("a thread of the writer panicked");
+        }
     }
     match connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0)) {
         Ok(0) => info!("checkpointed the WAL into the database file"),
@@ -231,6 +250,7 @@ fn hand_over(to_syncer: &Sender<Vec<Committed>>, committed: Vec<Committed>) {
 /// The database's WAL file, opened a second time so that the syncer can
 /// call fdatasync on it while the writer goes on writing.
 struct WalFile {
+    database: PathBuf,
     path: PathBuf,
     /// The open file and its device and inode numbers.
     open: Option<(File, u64, u64)>,
@@ -241,7 +261,12 @@ impl WalFile {
         let Some(database) = connection.path().filter(|path| !path.is_empty()) else {
             anyhow::bail!("the writer needs a database file, not an in-memory database");
         };
-        Ok(WalFile { path: PathBuf::from(format!("{database}-wal")), open: None })
+        Ok(WalFile { database: PathBuf::from(database), path: PathBuf::from(format!("{database}-wal")), open: None })
+    }
+
+    /// The database file the WAL belongs to.
+    fn database(&self) -> &Path {
+        &self.database
     }
 
     /// Flushes everything written to the WAL so far to the disk. Opens the
@@ -266,9 +291,41 @@ fn open_for_sync(path: &Path) -> std::io::Result<(File, u64, u64)> {
     Ok((file, metadata.dev(), metadata.ino()))
 }
 
+/// The checkpointer thread: after the syncer's fsyncs, at most once per
+/// `CHECKPOINT_INTERVAL`, copies what the WAL holds into the database file
+/// with a PASSIVE checkpoint on a connection of its own, while the writer
+/// goes on committing. See the module comment.
+fn checkpoint_loop(connection: Connection, kicks: Receiver<()>) {
+    let mut failing = false;
+    while kicks.recv().is_ok() {
+        let started = Instant::now();
+        match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0)) {
+            Ok(_) if failing => {
+                info!("background checkpoints succeed again");
+                failing = false;
+            }
+            Ok(_) => {}
+            // The writer's own checkpoint is running.
+            Err(cause) if cause.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+            Err(cause) => {
+                if !failing {
+                    warn!("background checkpoint failed, the writer checkpoints alone: {cause}");
+                    failing = true;
+                }
+            }
+        }
+        thread::sleep(CHECKPOINT_INTERVAL.saturating_sub(started.elapsed()));
+    }
+}
+
 /// The syncer thread: takes every committed batch waiting, syncs the WAL
 /// once for all of them, then wakes their handlers.
-fn sync_loop(mut wal: WalFile, inbox: Receiver<Vec<Committed>>, failure: Arc<Mutex<Option<String>>>) {
+fn sync_loop(
+    mut wal: WalFile,
+    inbox: Receiver<Vec<Committed>>,
+    failure: Arc<Mutex<Option<String>>>,
+    checkpointer: SyncSender<()>,
+) {
     let mut failing = false;
     while let Ok(mut committed) = inbox.recv() {
         while let Ok(more) = inbox.try_recv() {
@@ -285,6 +342,8 @@ fn sync_loop(mut wal: WalFile, inbox: Receiver<Vec<Committed>>, failure: Arc<Mut
                     // The handler may have timed out and left.
                     let _ = entry.reply.send(Ok(entry.receipt));
                 }
+                // Full when the checkpointer has a request pending already.
+                let _ = checkpointer.try_send(());
             }
             Err(cause) => {
                 let reason = format!("store unavailable: cannot sync {} to disk: {cause}", wal.path.display());

@@ -823,7 +823,7 @@ fn head_response_has_no_body() {
 }
 
 /// The `PRAGMA journal_size_limit` that serve sets, in bytes.
-const JOURNAL_SIZE_LIMIT: u64 = 8 * 1024 * 1024;
+const JOURNAL_SIZE_LIMIT: u64 = 32 * 1024 * 1024;
 
 #[test]
 fn long_reader_keeps_ingest_and_wal_bounded() {
@@ -840,7 +840,7 @@ fn long_reader_keeps_ingest_and_wal_bounded() {
                 let server = Arc::clone(&server);
                 let failures = Arc::clone(&failures);
                 thread::spawn(move || {
-                    let padding = "p".repeat(6000);
+                    let padding = "p".repeat(30_000);
                     for index in 0..PER_CLIENT {
                         let reply = server.post(
                             "/hooks/email-bounced",
