@@ -325,16 +325,47 @@ SELECT 'opt-in', 'phone', o.delivery_id, o.received_at, o.dsid, NULL
 -- The newest change is the one with the greatest received_at, then
 -- delivery_id. SQLite fills the other columns of a group from the row with
 -- its max() (the bare-column rule of SQLite's SELECT documentation), which
--- is faster here than a window function over every change.
+-- is faster here than a window function over every change. Each channel
+-- is grouped on its own: three smaller sorts by contact instead of one
+-- sort of every change by contact and channel.
 DROP VIEW IF EXISTS current_consent;
 CREATE VIEW current_consent AS
 SELECT contact, channel, dsid, address, consent, changed_at, delivery_id
-  FROM (SELECT coalesce(dsid, address) AS contact, channel, dsid, address,
-               CASE action WHEN 'opt-out' THEN 'opted-out' ELSE 'opted-in' END AS consent,
-               received_at AS changed_at, delivery_id,
-               max(received_at || printf('%020d', delivery_id)) AS newest
-          FROM consent_changes
-         GROUP BY coalesce(dsid, address), channel);
+  FROM (SELECT coalesce(dsid, address) AS contact, 'email' AS channel, dsid, address, consent,
+       received_at AS changed_at, delivery_id,
+       max(received_at || printf('%020d', delivery_id)) AS newest
+  FROM (SELECT 'opted-out' AS consent, delivery_id, received_at, dsid, email AS address
+          FROM email_opt_outs
+         WHERE delivery_id NOT IN (SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL)
+        UNION ALL
+        SELECT 'opted-in', delivery_id, received_at, dsid, email
+          FROM email_opt_ins
+         WHERE delivery_id NOT IN (SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL))
+ GROUP BY coalesce(dsid, address)
+UNION ALL
+SELECT coalesce(dsid, address) AS contact, 'sms' AS channel, dsid, address, consent,
+       received_at AS changed_at, delivery_id,
+       max(received_at || printf('%020d', delivery_id)) AS newest
+  FROM (SELECT 'opted-out' AS consent, delivery_id, received_at, dsid, mobile AS address
+          FROM sms_opt_outs
+         WHERE delivery_id NOT IN (SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL)
+        UNION ALL
+        SELECT 'opted-in', delivery_id, received_at, dsid, mobile
+          FROM sms_opt_ins
+         WHERE delivery_id NOT IN (SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL))
+ GROUP BY coalesce(dsid, address)
+UNION ALL
+SELECT coalesce(dsid, address) AS contact, 'phone' AS channel, dsid, address, consent,
+       received_at AS changed_at, delivery_id,
+       max(received_at || printf('%020d', delivery_id)) AS newest
+  FROM (SELECT 'opted-out' AS consent, delivery_id, received_at, dsid, NULL AS address
+          FROM phone_opt_outs
+         WHERE delivery_id NOT IN (SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL)
+        UNION ALL
+        SELECT 'opted-in', delivery_id, received_at, dsid, NULL
+          FROM phone_opt_ins
+         WHERE delivery_id NOT IN (SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL))
+ GROUP BY coalesce(dsid, address));
 
 -- Every lead status change, oldest first per lead, with the status before it
 -- (NULL for the first change received). The previous status is looked up
