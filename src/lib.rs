@@ -9,7 +9,8 @@
 //!    `store::Delivery`, which runs `normalize` on the body for the kind
 //!    named in the URL (`catalog` lists every kind, its table and fields).
 //! 3. `writer` commits waiting deliveries together in one transaction
-//!    (group commit) through `store`, and only then lets each handler respond.
+//!    (group commit) through `store`, syncs the WAL on a second thread,
+//!    and only then lets each handler respond.
 //!
 //! Beside that path, `metrics` counts deliveries and requests for
 //! `GET /metrics`, and `logging` sets up the log and throttles repeated
@@ -17,7 +18,8 @@
 //!
 //! The other commands work on the database file, also while `serve` runs:
 //!
-//! - `query` runs the reports, and `output` writes their rows as a table,
+//! - `query` runs the reports (`consent` finds each contact's current
+//!   consent for `opt-outs --current`), and `output` writes their rows as a table,
 //!   CSV, JSON or NDJSON. `export` streams every row of one kind.
 //! - `status` shows counts per kind and warns about silent kinds.
 //! - `import` backfills deliveries from files through `store`, and
@@ -33,6 +35,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod cli;
+pub mod consent;
 pub mod export;
 pub mod forget;
 pub mod http;

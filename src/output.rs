@@ -97,9 +97,24 @@ impl<W: Write> RowWriter<W> {
                 rows.push(values.iter().map(|value| table_cell(*value)).collect());
             }
             Sink::Csv(writer) => {
-                writer
-                    .write_record(values.iter().map(|value| plain_text(*value).into_owned()))
+                // Field by field, so that text and numbers are written
+                // without a String for each (large reports spent a fifth
+                // of their time allocating them).
+                let mut number = [0u8; 32];
+                for value in values {
+                    match *value {
+                        ValueRef::Integer(integer) => {
+                            let mut cursor = io::Cursor::new(&mut number[..]);
+                            write!(cursor, "{integer}")?;
+                            let length = cursor.position() as usize;
+                            writer.write_field(&number[..length])
+                        }
+                        ValueRef::Text(bytes) if std::str::from_utf8(bytes).is_ok() => writer.write_field(bytes),
+                        other => writer.write_field(plain_text(other).as_bytes()),
+                    }
                     .map_err(csv_to_io)?;
+                }
+                writer.write_record(None::<&[u8]>).map_err(csv_to_io)?;
             }
             Sink::Json { out, rows_written } => {
                 out.write_all(if *rows_written == 0 { b"[\n" } else { b",\n" })?;

@@ -16,6 +16,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql};
 
 use crate::catalog;
+use crate::consent;
 use crate::cli::{DbArg, UsageError};
 use crate::output::{self, Format, RowWriter};
 use crate::store;
@@ -240,25 +241,14 @@ fn run_command(command: QueryCommand) -> anyhow::Result<()> {
 fn opt_outs(args: OptOutsArgs) -> anyhow::Result<()> {
     let window = TimeWindow::parse(&args.common.time)?;
 
-    // current_consent computes each contact's latest change before these
-    // conditions apply, so --since cannot turn an old opt-in into "still
-    // opted out".
-    let mut select = if args.current {
-        let mut select = Select::new(
-            "SELECT channel, dsid, address, changed_at, delivery_id FROM current_consent",
-            "changed_at DESC, delivery_id DESC",
-        );
-        select.condition("consent = 'opted-out'");
-        window.apply(&mut select, "changed_at >= :since", "changed_at < :until");
-        select
-    } else {
-        let mut select = Select::new(
-            "SELECT channel, dsid, address, received_at, delivery_id FROM opt_outs",
-            "received_at DESC, delivery_id DESC",
-        );
-        window.apply(&mut select, "received_at >= :since", "received_at < :until");
-        select
-    };
+    if args.current {
+        return current_opt_outs(args, window);
+    }
+    let mut select = Select::new(
+        "SELECT channel, dsid, address, received_at, delivery_id FROM opt_outs",
+        "received_at DESC, delivery_id DESC",
+    );
+    window.apply(&mut select, "received_at >= :since", "received_at < :until");
     if let Some(channel) = args.channel {
         select.bind("channel = :channel", ":channel", channel.as_str().to_string());
     }
@@ -269,6 +259,52 @@ fn opt_outs(args: OptOutsArgs) -> anyhow::Result<()> {
 
     let connection = store::open_for_reading(&args.common.db.db)?;
     write_select(&connection, &select, &args.common)
+}
+
+/// `opt-outs --current`: the rows of
+///   SELECT channel, dsid, address, changed_at, delivery_id FROM current_consent
+///    WHERE consent = 'opted-out' ORDER BY changed_at DESC, delivery_id DESC
+/// computed without the view's sort (see `consent`). The filters apply
+/// after each contact's latest change is found, so --since cannot turn an
+/// old opt-in into "still opted out".
+fn current_opt_outs(args: OptOutsArgs, window: TimeWindow) -> anyhow::Result<()> {
+    let database = &args.common.db.db;
+    let connection = store::open_for_reading(database)?;
+    let channels: Vec<consent::Channel> = consent::CHANNELS
+        .iter()
+        .filter(|channel| args.channel.map_or(true, |wanted| wanted.as_str() == channel.name))
+        .copied()
+        .collect();
+    let mut changes: Vec<consent::Change> = consent::newest_changes(&connection, &channels)
+        .with_context(|| query_failed(database))?
+        .into_iter()
+        .filter(|change| change.opted_out)
+        .filter(|change| args.dsid.as_ref().map_or(true, |dsid| change.dsid.as_ref() == Some(dsid)))
+        .filter(|change| window.since.as_ref().map_or(true, |since| change.changed_at >= *since))
+        .filter(|change| window.until.as_ref().map_or(true, |until| change.changed_at < *until))
+        .collect();
+    changes.sort_unstable_by(|a, b| (&b.changed_at, b.delivery_id).cmp(&(&a.changed_at, a.delivery_id)));
+    if let Some(limit) = args.limit {
+        changes.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
+
+    let columns = ["channel", "dsid", "address", "changed_at", "delivery_id"];
+    let mut writer = RowWriter::new(output_format(&args.common), &columns, stdout_writer())?;
+    for change in &changes {
+        writer.write_row(&[
+            ValueRef::Text(change.channel.as_bytes()),
+            optional_text(&change.dsid),
+            optional_text(&change.address),
+            ValueRef::Text(change.changed_at.as_bytes()),
+            ValueRef::Integer(change.delivery_id),
+        ])?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+fn optional_text(value: &Option<String>) -> ValueRef<'_> {
+    value.as_deref().map_or(ValueRef::Null, |text| ValueRef::Text(text.as_bytes()))
 }
 
 fn bounces(args: BouncesArgs) -> anyhow::Result<()> {

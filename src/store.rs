@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -288,8 +289,18 @@ pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, recent: &mut Recen
 
 /// Writes (or rewrites) the normalized row of delivery `id`.
 pub fn insert_row(tx: &Connection, kind: &Kind, id: i64, received_at: &str, row: &Row) -> rusqlite::Result<()> {
-    let sql = insert_sql(kind);
-    let mut statement = tx.prepare_cached(&sql)?;
+    static INSERTS: OnceLock<Vec<String>> = OnceLock::new();
+    let inserts = INSERTS.get_or_init(|| catalog::KINDS.iter().map(insert_sql).collect());
+    // Built once per kind rather than on every insert.
+    let built;
+    let sql = match catalog::KINDS.iter().position(|known| known.table == kind.table) {
+        Some(index) => inserts[index].as_str(),
+        None => {
+            built = insert_sql(kind);
+            built.as_str()
+        }
+    };
+    let mut statement = tx.prepare_cached(sql)?;
     let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(row.values.len() + 2);
     values.push(&id);
     values.push(&received_at);

@@ -47,7 +47,7 @@ use crate::store::{self, Delivery, Receipt, RecentBodies};
 const WAL_RESTART_PAGES: u32 = 4000;
 
 /// Shortest time between two background checkpoints.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(40);
 
 /// Settings of the writer.
 #[derive(Debug, Clone)]

@@ -199,6 +199,82 @@ fn current_opt_outs_skip_opted_in() {
     assert_eq!(column(&current_in_window, "dsid"), [&json!(BOB)]);
 }
 
+/// `opt-outs --current` finds each contact's newest change in Rust rather
+/// than through the current_consent view; both must give the same rows,
+/// also for retries, changes in the same millisecond and contacts known
+/// only by address.
+#[test]
+fn current_opt_outs_match_the_view() {
+    let fixture = Fixture::new();
+    let opt = |dsid: Option<&str>, email: Option<&str>| {
+        let mut body = serde_json::Map::new();
+        if let Some(dsid) = dsid {
+            body.insert("dsid".into(), json!(dsid));
+        }
+        if let Some(email) = email {
+            body.insert("email".into(), json!(email));
+        }
+        Value::Object(body).to_string()
+    };
+    let ada = opt(Some(ADA), Some("ada@example.com"));
+    let bob = opt(Some(BOB), Some("bob@example.com"));
+    let carol = opt(None, Some("carol@example.com"));
+    let sms = |dsid: &str| json!({"dsid": dsid, "mobile": "+15550100"}).to_string();
+    fixture.deliver_all(&[
+        // Ada opts out, in again, then out: out. The retry of the opt-in
+        // comes after her second opt-out and must not count.
+        ("email-opt-out", &ada, "2026-03-01T10:00:00.000Z"),
+        ("email-opt-in", &ada, "2026-03-01T11:00:00.000Z"),
+        ("email-opt-out", &ada, "2026-03-01T12:00:00.000Z"),
+        ("email-opt-in", &ada, "2026-03-01T11:00:30.000Z"),
+        // Bob's opt-out and opt-in arrive in the same millisecond: the
+        // later delivery id wins, so he is opted in.
+        ("email-opt-out", &bob, "2026-03-01T13:00:00.000Z"),
+        ("email-opt-in", &bob, "2026-03-01T13:00:00.000Z"),
+        // Carol has no dsid and is known by address. DailyStory retries her
+        // opt-out; the retry is not a change of its own.
+        ("email-opt-out", &carol, "2026-03-01T14:00:00.000Z"),
+        ("email-opt-out", &carol, "2026-03-01T14:00:30.000Z"),
+        ("phone-opt-out", &json!({"dsid": BOB}).to_string(), "2026-03-01T15:00:00.000Z"),
+        ("phone-opt-in", &json!({"dsid": BOB}).to_string(), "2026-03-01T15:30:00.000Z"),
+        ("sms-opt-out", &sms(BOB), "2026-03-02T09:00:00.000Z"),
+        ("sms-opt-in", &sms(ADA), "2026-03-02T09:00:00.000Z"),
+    ]);
+
+    let view_rows = |condition: &str| -> Vec<Value> {
+        let connection = rusqlite::Connection::open(&fixture.db).expect("open the database");
+        let sql = format!(
+            "SELECT channel, dsid, address, changed_at, delivery_id FROM current_consent
+              WHERE consent = 'opted-out' {condition} ORDER BY changed_at DESC, delivery_id DESC"
+        );
+        let mut statement = connection.prepare(&sql).expect("prepare");
+        let rows = statement
+            .query_map([], |row| {
+                Ok(json!({
+                    "channel": row.get::<_, String>(0)?,
+                    "dsid": row.get::<_, Option<String>>(1)?,
+                    "address": row.get::<_, Option<String>>(2)?,
+                    "changed_at": row.get::<_, String>(3)?,
+                    "delivery_id": row.get::<_, i64>(4)?,
+                }))
+            })
+            .expect("query the view");
+        rows.collect::<rusqlite::Result<_>>().expect("read the view")
+    };
+
+    let all = fixture.query_json(&["opt-outs", "--current"]);
+    assert_eq!(all, view_rows(""));
+    assert_eq!(column(&all, "dsid"), [&json!(BOB), &Value::Null, &json!(ADA)]);
+    assert_eq!(column(&all, "channel"), [&json!("sms"), &json!("email"), &json!("email")]);
+    assert_eq!(all[1]["changed_at"], json!("2026-03-01T14:00:00.000Z"));
+    assert_eq!(fixture.query_json(&["opt-outs", "--current", "--channel", "email"]), view_rows("AND channel = 'email'"));
+    assert_eq!(fixture.query_json(&["opt-outs", "--current", "--dsid", ADA]), view_rows(&format!("AND dsid = '{ADA}'")));
+    assert_eq!(
+        fixture.query_json(&["opt-outs", "--current", "--since", "2026-03-01T13:30:00Z"]),
+        view_rows("AND changed_at >= '2026-03-01T13:30:00.000Z'")
+    );
+}
+
 #[test]
 fn bounces_count_a_retried_delivery_once() {
     let fixture = Fixture::new();
