@@ -7,6 +7,7 @@
 
 use std::io::{self, BufWriter, StdoutLock, Write};
 use std::path::Path;
+use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use anyhow::Context;
@@ -361,10 +362,7 @@ fn lead_status(args: LeadStatusArgs) -> anyhow::Result<()> {
     let leads = match (args.lead, &args.dsid) {
         (Some(lead), _) => vec![Value::Integer(lead)],
         (None, Some(dsid)) => leads_of_contact(&connection, dsid).with_context(|| query_failed(database))?,
-        (None, None) => {
-            select.limit(args.limit);
-            return write_select(&connection, &select, &args.common);
-        }
+        (None, None) => return lead_histories(&connection, &window, args.limit, &args.common),
     };
 
     let columns = column_names(&connection, &select).with_context(|| query_failed(database))?;
@@ -380,6 +378,68 @@ fn lead_status(args: LeadStatusArgs) -> anyhow::Result<()> {
         lead_select.limit(remaining);
         let written = write_rows(&connection, &lead_select, &mut writer, database)?;
         remaining = remaining.map(|limit| limit - written);
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+/// `lead-status` without --lead or --dsid: the rows of
+///   SELECT lead_id, dsid, previous_status, status, changed_at, delivery_id
+///     FROM lead_status_history ORDER BY lead_id, changed_at, delivery_id
+/// read in one ordered pass over the covering index
+/// lead_status_changes_lead. Each change's previous status is the status
+/// of the row before it, where the view looks it up in the index for every
+/// row; on 1,000,000 deliveries that lookup was half of the view's time. A
+/// test compares the two. --since and --until pick rows after the previous
+/// status is known, so the first change in the window still shows it.
+fn lead_histories(connection: &Connection, window: &TimeWindow, limit: Option<i64>, common: &CommonArgs) -> anyhow::Result<()> {
+    let database = &common.db.db;
+    let retries: HashSet<i64> = connection
+        .prepare("SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL")
+        .and_then(|mut statement| statement.query_map([], |row| row.get(0))?.collect())
+        .with_context(|| query_failed(database))?;
+    let mut statement = connection
+        .prepare(
+            "SELECT lead_id, dsid, status, received_at, delivery_id FROM lead_status_changes
+              ORDER BY lead_id, received_at, delivery_id",
+        )
+        .with_context(|| query_failed(database))?;
+    let mut rows = statement.query([]).with_context(|| query_failed(database))?;
+
+    let columns = ["lead_id", "dsid", "previous_status", "status", "changed_at", "delivery_id"];
+    let mut writer = RowWriter::new(output_format(common), &columns, stdout_writer())?;
+    let mut remaining = limit;
+    // The lead and status of the last change read that is not a retry.
+    let mut previous: Option<(Value, Value)> = None;
+    while let Some(row) = rows.next().with_context(|| query_failed(database))? {
+        let delivery_id: i64 = row.get(4)?;
+        if retries.contains(&delivery_id) {
+            continue;
+        }
+        let lead = Value::from(row.get_ref(0)?);
+        let status = Value::from(row.get_ref(2)?);
+        let changed_at = row.get_ref(3)?.as_str().unwrap_or_default();
+        let previous_status = match &previous {
+            Some((previous_lead, previous_status)) if *previous_lead == lead => ValueRef::from(previous_status),
+            _ => ValueRef::Null,
+        };
+        let in_window = window.since.as_deref().map_or(true, |since| changed_at >= since)
+            && window.until.as_deref().map_or(true, |until| changed_at < until);
+        if in_window {
+            if remaining == Some(0) {
+                break;
+            }
+            writer.write_row(&[
+                ValueRef::from(&lead),
+                row.get_ref(1)?,
+                previous_status,
+                ValueRef::from(&status),
+                ValueRef::Text(changed_at.as_bytes()),
+                ValueRef::Integer(delivery_id),
+            ])?;
+            remaining = remaining.map(|left| left - 1);
+        }
+        previous = Some((lead, status));
     }
     writer.finish()?;
     Ok(())

@@ -437,6 +437,76 @@ fn lead_status_since_keeps_previous_status() {
     assert_eq!(column(&rows, "previous_status"), [&json!("Qualified")]);
 }
 
+/// Without --lead or --dsid, `lead-status` carries each previous status
+/// from row to row instead of querying lead_status_history; both must give
+/// the same rows, also for retries, changes in the same millisecond,
+/// changes without a lead id and a time window.
+#[test]
+fn lead_status_listing_matches_the_view() {
+    let fixture = Fixture::new();
+    let change = |lead: Option<i64>, status: Option<&str>| {
+        let mut body = json!({"dsid": ADA});
+        if let Some(lead) = lead {
+            body["id"] = json!(lead);
+        }
+        if let Some(status) = status {
+            body["status"] = json!(status);
+        }
+        body.to_string()
+    };
+    fixture.deliver_all(&[
+        ("lead-status-changed", &change(Some(7), Some("New")), "2026-03-01T10:00:00.000Z"),
+        // A retry of the first change: left out, and not anyone's previous
+        // status.
+        ("lead-status-changed", &change(Some(7), Some("New")), "2026-03-01T10:00:20.000Z"),
+        ("lead-status-changed", &change(Some(7), Some("Qualified")), "2026-03-01T10:00:30.000Z"),
+        // Two changes of lead 7 in the same millisecond: the later delivery
+        // id comes second.
+        ("lead-status-changed", &change(Some(7), Some("Won")), "2026-03-02T09:00:00.000Z"),
+        ("lead-status-changed", &change(Some(7), Some("Lost")), "2026-03-02T09:00:00.000Z"),
+        ("lead-status-changed", &change(Some(7), None), "2026-03-03T09:00:00.000Z"),
+        ("lead-status-changed", &change(Some(7), Some("New")), "2026-03-04T09:00:00.000Z"),
+        // Changes without a lead id form one history, as `IS` compares them.
+        ("lead-status-changed", &change(None, Some("New")), "2026-03-01T12:00:00.000Z"),
+        ("lead-status-changed", &change(None, Some("Contacted")), "2026-03-02T12:00:00.000Z"),
+        ("lead-status-changed", &change(Some(3), Some("New")), "2026-03-02T13:00:00.000Z"),
+    ]);
+
+    let view_rows = |condition: &str| -> Vec<Value> {
+        let connection = rusqlite::Connection::open(&fixture.db).expect("open the database");
+        let sql = format!(
+            "SELECT lead_id, dsid, previous_status, status, changed_at, delivery_id FROM lead_status_history
+              {condition} ORDER BY lead_id, changed_at, delivery_id"
+        );
+        let mut statement = connection.prepare(&sql).expect("prepare");
+        let rows = statement
+            .query_map([], |row| {
+                Ok(json!({
+                    "lead_id": row.get::<_, Option<i64>>(0)?,
+                    "dsid": row.get::<_, Option<String>>(1)?,
+                    "previous_status": row.get::<_, Option<String>>(2)?,
+                    "status": row.get::<_, Option<String>>(3)?,
+                    "changed_at": row.get::<_, String>(4)?,
+                    "delivery_id": row.get::<_, i64>(5)?,
+                }))
+            })
+            .expect("query the view");
+        rows.collect::<rusqlite::Result<_>>().expect("read the view")
+    };
+
+    let all = fixture.query_json(&["lead-status"]);
+    assert_eq!(all, view_rows(""));
+    assert_eq!(
+        column(&all, "previous_status"),
+        [&Value::Null, &json!("New"), &Value::Null, &Value::Null, &json!("New"), &json!("Qualified"), &json!("Won"), &json!("Lost"), &Value::Null]
+    );
+    assert_eq!(
+        fixture.query_json(&["lead-status", "--since", "2026-03-02T09:00:00Z"]),
+        view_rows("WHERE changed_at >= '2026-03-02T09:00:00.000Z'")
+    );
+    assert_eq!(fixture.query_json(&["lead-status", "--limit", "4"]), all[..4]);
+}
+
 #[test]
 fn contact_shows_timeline_with_summaries() {
     let fixture = Fixture::new();
