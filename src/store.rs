@@ -136,15 +136,15 @@ fn prepare_connection(connection: &Connection, path: &Path, may_create: bool) ->
     // Checkpoint policy: a checkpoint copies the WAL into the database
     // file, and the next write after a complete one starts the WAL over
     // from its beginning. `serve` checkpoints on a thread of its own while
-    // it writes, and its writer completes a checkpoint itself once the WAL
-    // holds 4000 pages, about 16 MB (see `writer`); other commands leave it
-    // to SQLite's automatic checkpoint at 1000 pages. A reader holding a
-    // transaction open keeps checkpoints from completing, so the WAL grows
-    // while it lasts. Once it ends, the next checkpoint completes and the
-    // restarted WAL is truncated to journal_size_limit. That limit, 32 MiB,
-    // is about twice the WAL's size under load, so the file shrinks back
-    // after a long reader but is not truncated in normal use. `serve` also
-    // checkpoints with TRUNCATE when it stops.
+    // it writes and starts the WAL over at about 4000 pages, 16 MB, or at
+    // 6000 if background checkpoints fall behind (see `writer`); other
+    // commands leave it to SQLite's automatic checkpoint at 1000 pages. A
+    // reader holding a transaction open keeps checkpoints from completing,
+    // so the WAL grows while it lasts. Once it ends, the next checkpoint
+    // completes and the restarted WAL is truncated to journal_size_limit.
+    // That limit, 32 MiB, is above the WAL's size under load, so the file
+    // shrinks back after a long reader but is not truncated in normal use.
+    // `serve` also checkpoints with TRUNCATE when it stops.
     connection.execute_batch(
         "PRAGMA synchronous = FULL;
          PRAGMA journal_size_limit = 33554432;

@@ -27,11 +27,24 @@
 //! after. So frames overwritten by a restarted WAL were already in a synced
 //! database file. One fdatasync covers every batch committed before it
 //! started, so under load each call acknowledges several batches.
+//!
+//! # Checkpoints
+//!
+//! SQLite's automatic checkpoint runs inside the COMMIT that takes the WAL
+//! past its threshold, and copied about 1000 pages into the database file
+//! while every handler of that batch waited. Here a checkpointer thread
+//! with its own connection does that copying in the background, and once
+//! the WAL holds `WAL_RESTART_PAGES` it asks the writer to complete the
+//! checkpoint between two batches, which leaves the writer only the pages
+//! committed since, and lets the WAL start over. The automatic checkpoint
+//! stays as a bound at `WAL_LIMIT_PAGES`, should background checkpoints
+//! fall behind.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -41,10 +54,18 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::store::{self, Delivery, Receipt, RecentBodies};
 
-/// WAL pages at which the writer checkpoints itself, after the commit that
-/// reaches them, so that the WAL starts over from its beginning. About
-/// 16 MB of WAL with 4 KiB pages.
-const WAL_RESTART_PAGES: u32 = 4000;
+/// WAL pages from which the WAL is started over: once a background
+/// checkpoint has copied this many, the writer completes the checkpoint
+/// itself, which leaves it only the pages committed meanwhile to copy, and
+/// its next transaction writes from the beginning of the WAL. About 16 MB
+/// with 4 KiB pages.
+const WAL_RESTART_PAGES: i64 = 4000;
+
+/// WAL pages at which the writer checkpoints itself, all of what the
+/// background checkpoints have not copied, after the commit that reaches
+/// them (SQLite's automatic checkpoint). Only reached when background
+/// checkpoints fall behind; about 25 MB, below journal_size_limit.
+const WAL_LIMIT_PAGES: i64 = 6000;
 
 /// Shortest time between two background checkpoints.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(40);
@@ -121,7 +142,7 @@ impl Writer {
         // See the module comment: the syncer thread makes each commit
         // durable before it is acknowledged.
         connection.execute_batch(&format!(
-            "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = {WAL_RESTART_PAGES};"
+            "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = {WAL_LIMIT_PAGES};"
         ))?;
         let wal = WalFile::of_database(&connection)?;
         let checkpoints = store::open_existing(wal.database())?;
@@ -132,9 +153,12 @@ impl Writer {
         let handle = WriterHandle { sender, reply_timeout: config.reply_timeout, failure: Arc::clone(&failure) };
 
         let (kick, kicks) = mpsc::sync_channel(1);
+        // Set by the checkpointer when the writer should start the WAL over.
+        let restart = Arc::new(AtomicBool::new(false));
+        let copied = Arc::clone(&restart);
         let checkpointer = thread::Builder::new()
             .name("checkpointer".to_string())
-            .spawn(move || checkpoint_loop(checkpoints, kicks))?;
+            .spawn(move || checkpoint_loop(checkpoints, kicks, copied))?;
         let (to_syncer, syncer_inbox) = mpsc::channel();
         let syncer_failure = Arc::clone(&failure);
         let syncer = thread::Builder::new()
@@ -145,7 +169,7 @@ impl Writer {
             let outage = Outage { failure, ..Outage::default() };
             let helpers = [syncer, checkpointer];
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(connection, receiver, to_syncer, helpers, config, observer, outage)
+                run(connection, receiver, to_syncer, helpers, restart, config, observer, outage)
             }));
             if result.is_err() {
                 // Without the writer every delivery would get 503 while the
@@ -186,6 +210,7 @@ fn run(
     receiver: Receiver<Message>,
     to_syncer: Sender<Vec<Committed>>,
     helpers: [JoinHandle<()>; 2],
+    restart: Arc<AtomicBool>,
     config: WriterConfig,
     observer: BatchObserver,
     mut outage: Outage,
@@ -212,6 +237,14 @@ fn run(
 
         let committed = write_jobs(&mut connection, jobs, &mut recent, &observer, &mut outage);
         hand_over(&to_syncer, committed);
+        if restart.swap(false, Ordering::Relaxed) {
+            // After the hand-over, so that the batch just committed does not
+            // wait for it. A failure leaves the WAL to SQLite's automatic
+            // checkpoint.
+            if let Err(cause) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                warn!("checkpoint to start the WAL over failed: {cause}");
+            }
+        }
     }
 
     // Deliveries queued behind the stop message still get written.
@@ -294,19 +327,26 @@ fn open_for_sync(path: &Path) -> std::io::Result<(File, u64, u64)> {
 /// The checkpointer thread: after the syncer's fsyncs, at most once per
 /// `CHECKPOINT_INTERVAL`, copies what the WAL holds into the database file
 /// with a PASSIVE checkpoint on a connection of its own, while the writer
-/// goes on committing. See the module comment.
-fn checkpoint_loop(connection: Connection, kicks: Receiver<()>) {
+/// goes on committing. Once it has copied `WAL_RESTART_PAGES`, it sets
+/// `restart` for the writer. See the module comment.
+fn checkpoint_loop(connection: Connection, kicks: Receiver<()>, restart: Arc<AtomicBool>) {
     let mut failing = false;
     while kicks.recv().is_ok() {
         let started = Instant::now();
-        match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0)) {
-            Ok(_) if failing => {
-                info!("background checkpoints succeed again");
-                failing = false;
+        // busy, pages in the WAL, pages copied into the database file
+        let result = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        match result {
+            Ok((busy, pages, copied)) => {
+                if failing {
+                    info!("background checkpoints succeed again");
+                    failing = false;
+                }
+                if busy == 0 && pages >= WAL_RESTART_PAGES && copied == pages {
+                    restart.store(true, Ordering::Relaxed);
+                }
             }
-            Ok(_) => {}
-            // The writer's own checkpoint is running.
-            Err(cause) if cause.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
             Err(cause) => {
                 if !failing {
                     warn!("background checkpoint failed, the writer checkpoints alone: {cause}");
@@ -484,7 +524,8 @@ fn commit(connection: &mut Connection, deliveries: &[&Delivery], recent: &mut Re
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
     use super::*;
 
