@@ -282,7 +282,7 @@ impl From<io::Error> for ReadError {
 }
 
 /// Bytes taken from the socket by one read.
-const READ_CHUNK_BYTES: usize = 16 * 1024;
+const READ_CHUNK_BYTES: usize = 4 * 1024;
 
 /// The bytes read from a connection and not yet consumed.
 struct Connection<'a> {

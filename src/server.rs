@@ -123,6 +123,26 @@ fn parse_window(text: &str) -> Result<chrono::Duration, String> {
 }
 
 /// Runs `serve` until SIGTERM or SIGINT.
+/// Caps glibc's malloc at two arenas. By default it gives busy threads
+/// arenas of their own, up to eight per core, and each keeps the memory its
+/// threads freed: with one thread per connection that was about 2 MB of the
+/// server's resident memory under load, for no measurable speed.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // From glibc's malloc.h.
+        const M_ARENA_MAX: std::ffi::c_int = -8;
+        extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        // SAFETY: mallopt only changes a malloc setting, and runs here
+        // before serve starts any thread.
+        unsafe {
+            mallopt(M_ARENA_MAX, 2);
+        }
+    }
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.token.is_none() && !args.listen.ip().is_loopback() && !args.allow_unauthenticated {
         return Err(UsageError(format!(
@@ -136,6 +156,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Err(UsageError("--token is empty; give a secret or leave the option out".to_string()).into());
     }
 
+    limit_malloc_arenas();
     let path = args.db.db.clone();
     let connection = store::open_or_create(&path)?;
     let health = store::open_existing(&path)?;
@@ -144,6 +165,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::new(&path));
     seed_metrics(&health, &metrics)?;
+    // Seeding read the whole index of deliveries; /healthz reads one row.
+    health.execute_batch("PRAGMA cache_size = -256; PRAGMA shrink_memory;")?;
     let batch_metrics = Arc::clone(&metrics);
     let writer = Writer::start(
         connection,

@@ -337,26 +337,45 @@ fn insert_sql(kind: &Kind) -> String {
 ///
 /// An index on `body_sha256` would answer the lookup in SQL, but its keys
 /// are random, so each delivery wrote a page of its own into it, and
-/// profiling showed page writes bound the writer. Here a map from
-/// fingerprint (the first 8 bytes of the SHA-256, mixed with the kind) to
-/// the newest delivery with it holds the window, read at the first lookup
-/// through `deliveries_received` and kept up to date by `insert_delivery`.
-/// A hit is confirmed against the stored row, so a fingerprint collision
-/// never marks a delivery wrongly. Deliveries that another process writes
-/// after the map was read (an import beside `serve`) are not in it.
+/// profiling showed page writes bound the writer. Here a map from a 32-bit
+/// fingerprint (of the SHA-256 and the kind) to the newest delivery with it
+/// holds the window, 9 bytes a delivery, read at the first lookup through
+/// `deliveries_received` and kept up to date by `insert_delivery`. A hit is
+/// confirmed against the stored row, so a fingerprint that two bodies share
+/// never marks a delivery wrongly; the second body goes to a small map of
+/// its own. The map is kept in two generations of one window each, and the
+/// older is dropped when a third begins. Deliveries that another process
+/// writes after the map was read (an import beside `serve`) are not in it.
 pub struct RecentBodies {
     window_ms: i64,
-    /// Fingerprint to the newest delivery id with it and its time in ms.
-    newest: HashMap<u64, (i64, i64)>,
-    /// The entries replaced since the last commit, oldest first, to undo
-    /// them when the transaction rolls back.
-    undo: Vec<(u64, Option<(i64, i64)>)>,
-    /// Every delivery received at or after this time (ms) is in `newest`.
+    /// 32-bit fingerprint to the low 32 bits of the newest delivery id with
+    /// it, for the deliveries received since `current_from`.
+    current: HashMap<u32, u32>,
+    /// The same for the window before.
+    previous: HashMap<u32, u32>,
+    /// Bodies whose 32-bit fingerprint another body holds: their 64-bit
+    /// fingerprint to the newest delivery id.
+    collided: HashMap<u64, i64>,
+    /// When the current generation began, in ms of received time.
+    current_from: i64,
+    /// The first delivery id of the previous generation.
+    previous_first_id: i64,
+    /// Entries changed since the last commit, oldest first, to undo them
+    /// when the transaction rolls back.
+    undo: Vec<Undo>,
+    /// Every delivery received at or after this time (ms) is in the maps.
     loaded_from: Option<i64>,
+    /// The greatest delivery id recorded; the maps hold its low 32 bits.
+    newest_id: i64,
     /// The latest receive time recorded, in ms.
     latest_ms: i64,
-    /// `newest` drops expired entries when it reaches this size.
-    purge_at: usize,
+    /// Set by the last lookup when another body held its fingerprint.
+    collision: bool,
+}
+
+enum Undo {
+    Current(u32, Option<u32>),
+    Collided(u64, Option<i64>),
 }
 
 impl RecentBodies {
@@ -364,11 +383,16 @@ impl RecentBodies {
     pub fn new(window_ms: i64) -> RecentBodies {
         RecentBodies {
             window_ms,
-            newest: HashMap::new(),
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            collided: HashMap::new(),
+            current_from: i64::MIN,
+            previous_first_id: 0,
             undo: Vec::new(),
             loaded_from: None,
+            newest_id: 0,
             latest_ms: i64::MIN,
-            purge_at: 4096,
+            collision: false,
         }
     }
 
@@ -376,26 +400,34 @@ impl RecentBodies {
     /// the transaction commits.
     pub fn commit(&mut self) {
         self.undo.clear();
-        if self.newest.len() >= self.purge_at {
-            let cutoff = self.latest_ms.saturating_sub(self.window_ms);
-            self.newest.retain(|_, (_, received_ms)| *received_ms >= cutoff);
-            self.loaded_from = self.loaded_from.map(|from| from.max(cutoff));
-            self.purge_at = (self.newest.len() * 2).max(4096);
+        if self.current_from == i64::MIN {
+            self.current_from = self.latest_ms;
+        } else if self.latest_ms.saturating_sub(self.current_from) >= self.window_ms {
+            // The previous generation is now older than one window.
+            self.previous = std::mem::take(&mut self.current);
+            let first_id = self.previous_first_id;
+            self.collided.retain(|_, id| *id >= first_id);
+            self.previous_first_id = self.newest_id;
+            self.loaded_from = self.loaded_from.map(|from| from.max(self.current_from));
+            self.current_from = self.latest_ms;
         }
     }
 
     /// Forgets the deliveries recorded since the last commit. Call it when
     /// the transaction rolls back: SQLite gives their ids to the next rows.
     pub fn roll_back(&mut self) {
-        for (key, previous) in self.undo.drain(..).rev() {
-            match previous {
-                Some(entry) => self.newest.insert(key, entry),
-                None => self.newest.remove(&key),
+        for undo in self.undo.drain(..).rev() {
+            match undo {
+                Undo::Current(key, Some(low)) => self.current.insert(key, low).map(|_| ()),
+                Undo::Current(key, None) => self.current.remove(&key).map(|_| ()),
+                Undo::Collided(key, Some(id)) => self.collided.insert(key, id).map(|_| ()),
+                Undo::Collided(key, None) => self.collided.remove(&key).map(|_| ()),
             };
         }
     }
 
-    /// The fingerprint of a body of a kind.
+    /// The 64-bit fingerprint of a body of a kind; its low 32 bits are the
+    /// short one.
     fn key(sha256: &[u8; 32], kind: &str) -> u64 {
         let mut prefix = [0u8; 8];
         prefix.copy_from_slice(&sha256[..8]);
@@ -407,23 +439,37 @@ impl RecentBodies {
         u64::from_le_bytes(prefix) ^ kind
     }
 
+    /// The delivery id whose low 32 bits are `low`: the greatest one not
+    /// above `newest_id`.
+    fn full_id(&self, low: u32) -> i64 {
+        let id = (self.newest_id & !0xFFFF_FFFF) | i64::from(low);
+        if id > self.newest_id {
+            id - (1 << 32)
+        } else {
+            id
+        }
+    }
+
     fn record(&mut self, delivery: &Delivery, id: i64) {
+        let collision = std::mem::take(&mut self.collision);
         if self.window_ms <= 0 {
             return;
         }
         let Some(received_ms) = millis(&delivery.received_at) else { return };
-        let key = Self::key(&delivery.sha256, &delivery.kind);
-        let previous = self.newest.get(&key).copied();
-        if previous.is_some_and(|(newest_id, _)| newest_id > id) {
-            return;
-        }
-        self.undo.push((key, previous));
-        self.newest.insert(key, (id, received_ms));
         self.latest_ms = self.latest_ms.max(received_ms);
+        self.newest_id = self.newest_id.max(id);
+        let key = Self::key(&delivery.sha256, &delivery.kind);
+        if collision || self.collided.contains_key(&key) {
+            let previous = self.collided.insert(key, id);
+            self.undo.push(Undo::Collided(key, previous));
+        } else {
+            let previous = self.current.insert(key as u32, id as u32);
+            self.undo.push(Undo::Current(key as u32, previous));
+        }
     }
 
     /// Reads the deliveries received since `since_ms` that are not in the
-    /// map yet.
+    /// maps yet.
     fn load(&mut self, connection: &Connection, since_ms: i64) -> rusqlite::Result<()> {
         if self.loaded_from.is_some_and(|from| from <= since_ms) {
             return Ok(());
@@ -434,34 +480,52 @@ impl RecentBodies {
             .and_then(chrono::DateTime::from_timestamp_millis)
             .map(crate::time::format_utc);
         let mut statement = connection.prepare_cached(
-            "SELECT id, kind, body_sha256, received_at FROM deliveries
-              WHERE received_at >= ?1 AND (?2 IS NULL OR received_at < ?2)",
+            "SELECT id, kind, body_sha256 FROM deliveries
+              WHERE received_at >= ?1 AND (?2 IS NULL OR received_at < ?2) ORDER BY id",
         )?;
         let mut rows = statement.query(params![since, until])?;
+        // The 64-bit fingerprint behind each short one read here, to tell
+        // two bodies that share a short one apart.
+        let mut owners: HashMap<u32, u64> = HashMap::new();
         while let Some(row) = rows.next()? {
-            let (id, kind, sha256, received_at): (i64, String, Vec<u8>, String) =
-                (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-            let (Ok(sha256), Some(received_ms)) = (<[u8; 32]>::try_from(sha256), millis(&received_at)) else {
-                continue;
-            };
-            let entry = self.newest.entry(Self::key(&sha256, &kind)).or_insert((id, received_ms));
-            if entry.0 < id {
-                *entry = (id, received_ms);
+            let (id, kind, sha256): (i64, String, Vec<u8>) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            let Ok(sha256) = <[u8; 32]>::try_from(sha256) else { continue };
+            let key = Self::key(&sha256, &kind);
+            self.newest_id = self.newest_id.max(id);
+            match owners.get(&(key as u32)) {
+                Some(owner) if *owner != key => {
+                    self.collided.insert(key, id);
+                }
+                _ => {
+                    owners.insert(key as u32, key);
+                    self.current.insert(key as u32, id as u32);
+                }
             }
         }
         self.loaded_from = Some(since_ms);
+        if self.current_from == i64::MIN {
+            self.current_from = since_ms;
+        }
         Ok(())
     }
 
     /// The delivery `delivery` repeats, if it is a retry.
     fn find_original(&mut self, tx: &Connection, delivery: &Delivery) -> rusqlite::Result<Option<i64>> {
+        self.collision = false;
         if self.window_ms <= 0 {
             return Ok(None);
         }
         let Some(received_ms) = millis(&delivery.received_at) else { return Ok(None) };
         let since_ms = received_ms.saturating_sub(self.window_ms);
         self.load(tx, since_ms)?;
-        let Some(&(candidate, _)) = self.newest.get(&Self::key(&delivery.sha256, &delivery.kind)) else { return Ok(None) };
+        let key = Self::key(&delivery.sha256, &delivery.kind);
+        let candidate = match self.collided.get(&key) {
+            Some(&id) => id,
+            None => match self.current.get(&(key as u32)).or_else(|| self.previous.get(&(key as u32))) {
+                Some(&low) => self.full_id(low),
+                None => return Ok(None),
+            },
+        };
 
         // The newest delivery with this fingerprint, or the original it
         // repeats, is the newest original: confirm it is the same body and
@@ -472,6 +536,7 @@ impl RecentBodies {
             .optional()?;
         let Some((sha256, kind, original)) = found else { return Ok(None) };
         if sha256 != delivery.sha256 || kind != delivery.kind {
+            self.collision = !self.collided.contains_key(&key);
             return Ok(None);
         }
         let original_ms: Option<i64> = tx
@@ -612,26 +677,62 @@ mod tests {
         assert_eq!(receipts[1].duplicate_of, None);
     }
 
-    /// Expired bodies leave the map once it grows, and a body repeated
+    /// Bodies older than two windows leave the map, and a body repeated
     /// after the window is a new delivery again.
     #[test]
-    fn expired_bodies_purged() {
+    fn expired_bodies_dropped() {
         let mut connection = Connection::open_in_memory().unwrap();
         connection.execute_batch(SCHEMA_SQL).unwrap();
         let mut recent = RecentBodies::new(1_000);
         let start = chrono::DateTime::parse_from_rfc3339("2026-03-01T14:00:00.000Z").unwrap().to_utc();
-        let tx = connection.transaction().unwrap();
-        for n in 0..10_000 {
-            let at = crate::time::format_utc(start + chrono::Duration::milliseconds(n));
-            insert_delivery(&tx, &click(&format!("lnk-{n}"), &at), &mut recent).unwrap();
+        for batch in 0..100 {
+            let tx = connection.transaction().unwrap();
+            for n in batch * 100..(batch + 1) * 100 {
+                let at = crate::time::format_utc(start + chrono::Duration::milliseconds(n));
+                insert_delivery(&tx, &click(&format!("lnk-{n}"), &at), &mut recent).unwrap();
+            }
+            tx.commit().unwrap();
+            recent.commit();
         }
-        tx.commit().unwrap();
-        recent.commit();
 
-        assert!(recent.newest.len() <= 1_001, "{} entries kept", recent.newest.len());
+        let kept = recent.current.len() + recent.previous.len();
+        assert!(kept <= 2_100, "{kept} entries kept for a window of 1,000 deliveries");
         let late = crate::time::format_utc(start + chrono::Duration::milliseconds(10_000));
         let again = write(&mut connection, &mut recent, &[click("lnk-9990", &late), click("lnk-5", &late)]);
         assert_eq!(again[0].duplicate_of, Some(9_991));
         assert_eq!(again[1].duplicate_of, None);
+    }
+
+    /// Two bodies whose short fingerprints are equal are both found.
+    #[test]
+    fn shared_fingerprint_keeps_both_bodies() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(SCHEMA_SQL).unwrap();
+        let mut recent = RecentBodies::new(60_000);
+        // Find two link ids whose bodies share the low 32 bits of their
+        // 64-bit fingerprints; a few hundred thousand tries suffice.
+        let mut seen: HashMap<u32, usize> = HashMap::new();
+        let (first, second) = (0..1_000_000)
+            .find_map(|n| {
+                let delivery = click(&format!("lnk-{n}"), "2026-03-01T14:00:00.000Z");
+                let short = RecentBodies::key(&delivery.sha256, &delivery.kind) as u32;
+                seen.insert(short, n).map(|earlier| (earlier, n))
+            })
+            .expect("a shared fingerprint");
+        let (first, second) = (format!("lnk-{first}"), format!("lnk-{second}"));
+        let receipts = write(
+            &mut connection,
+            &mut recent,
+            &[
+                click(&first, "2026-03-01T14:00:00.000Z"),
+                click(&second, "2026-03-01T14:00:01.000Z"),
+                click(&first, "2026-03-01T14:00:02.000Z"),
+                click(&second, "2026-03-01T14:00:03.000Z"),
+            ],
+        );
+
+        assert_eq!(receipts[1].duplicate_of, None);
+        assert_eq!(receipts[2].duplicate_of, Some(receipts[0].id));
+        assert_eq!(receipts[3].duplicate_of, Some(receipts[1].id));
     }
 }

@@ -142,10 +142,12 @@ impl Writer {
         // See the module comment: the syncer thread makes each commit
         // durable before it is acknowledged.
         connection.execute_batch(&format!(
-            "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = {WAL_LIMIT_PAGES};"
+            "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = {WAL_LIMIT_PAGES}; PRAGMA cache_size = -1000;"
         ))?;
         let wal = WalFile::of_database(&connection)?;
         let checkpoints = store::open_existing(wal.database())?;
+        // A checkpoint copies pages through a buffer of its own, not the cache.
+        checkpoints.execute_batch("PRAGMA cache_size = -256")?;
         // Bounded so that a stalled disk pushes back on handlers instead of
         // queueing without limit.
         let (sender, receiver) = mpsc::sync_channel(config.max_batch * 4);
