@@ -2,8 +2,9 @@
 --
 -- dsevents applies this file when it opens a database whose user_version
 -- is older than the version set at the end, inside one transaction.
--- Every statement is idempotent (IF NOT EXISTS), so applying it again is
--- harmless.
+-- Every statement is idempotent (IF NOT EXISTS, IF EXISTS), so applying it
+-- again is harmless, and applying it to an older version brings that up to
+-- date.
 --
 -- Conventions:
 --   * Times are ISO-8601 UTC text with milliseconds: 2026-03-01T14:05:09.517Z.
@@ -56,6 +57,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
 -- are found through a map serve keeps in memory, not an index on
 -- body_sha256; a contact's deliveries through the kinds' dsid indexes.
 CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries (received_at, kind);
+-- Schema version 1 had these three in its place.
+DROP INDEX IF EXISTS deliveries_kind_received;
+DROP INDEX IF EXISTS deliveries_fingerprint;
+DROP INDEX IF EXISTS deliveries_dsid;
 CREATE INDEX IF NOT EXISTS deliveries_source ON deliveries (source) WHERE source IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_not_stored ON deliveries (outcome, id)
     WHERE outcome <> 'stored';
@@ -386,4 +391,4 @@ SELECT s.lead_id, s.dsid,
   FROM lead_status_changes s
  WHERE s.delivery_id NOT IN (SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL);
 
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;

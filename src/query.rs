@@ -416,8 +416,8 @@ fn lead_histories(connection: &Connection, window: &TimeWindow, limit: Option<i6
         if retries.contains(&delivery_id) {
             continue;
         }
-        let lead = Value::from(row.get_ref(0)?);
-        let status = Value::from(row.get_ref(2)?);
+        let lead = owned(row.get_ref(0)?);
+        let status = owned(row.get_ref(2)?);
         let changed_at = row.get_ref(3)?.as_str().unwrap_or_default();
         let previous_status = match &previous {
             Some((previous_lead, previous_status)) if *previous_lead == lead => ValueRef::from(previous_status),
@@ -443,6 +443,15 @@ fn lead_histories(connection: &Connection, window: &TimeWindow, limit: Option<i6
     }
     writer.finish()?;
     Ok(())
+}
+
+/// A value kept past its row. Text that is not UTF-8 (written by another
+/// tool) gets U+FFFD in place of invalid bytes, as in every other report.
+fn owned(value: ValueRef<'_>) -> Value {
+    match value {
+        ValueRef::Text(bytes) => Value::Text(String::from_utf8_lossy(bytes).into_owned()),
+        other => Value::from(other),
+    }
 }
 
 /// Returns the lead ids (NULL included) of a contact's lead status

@@ -16,7 +16,7 @@ use crate::normalize::{self, Row};
 /// The schema, applied when a database's user_version is below `SCHEMA_VERSION`.
 pub const SCHEMA_SQL: &str = include_str!("../schema.sql");
 /// The `PRAGMA user_version` that `schema.sql` sets.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for another writer's lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -450,6 +450,14 @@ impl RecentBodies {
         }
     }
 
+    /// The newest delivery id either generation holds for a short
+    /// fingerprint.
+    fn newest_with(&self, short: u32) -> Option<i64> {
+        let current = self.current.get(&short).map(|&low| self.full_id(low));
+        let previous = self.previous.get(&short).map(|&low| self.full_id(low));
+        current.max(previous)
+    }
+
     fn record(&mut self, delivery: &Delivery, id: i64) {
         let collision = std::mem::take(&mut self.collision);
         if self.window_ms <= 0 {
@@ -479,10 +487,9 @@ impl RecentBodies {
             .loaded_from
             .and_then(chrono::DateTime::from_timestamp_millis)
             .map(crate::time::format_utc);
-        let mut statement = connection.prepare_cached(
-            "SELECT id, kind, body_sha256 FROM deliveries
-              WHERE received_at >= ?1 AND (?2 IS NULL OR received_at < ?2) ORDER BY id",
-        )?;
+        // Through deliveries_received, and in its order: with ORDER BY id
+        // SQLite read the whole table instead (a test checks the plan).
+        let mut statement = connection.prepare_cached(LOAD_SQL)?;
         let mut rows = statement.query(params![since, until])?;
         // The 64-bit fingerprint behind each short one read here, to tell
         // two bodies that share a short one apart.
@@ -492,13 +499,19 @@ impl RecentBodies {
             let Ok(sha256) = <[u8; 32]>::try_from(sha256) else { continue };
             let key = Self::key(&sha256, &kind);
             self.newest_id = self.newest_id.max(id);
+            // The maps keep the newest id of a body, also when an older
+            // range is read after a newer one (an import going back in time).
             match owners.get(&(key as u32)) {
                 Some(owner) if *owner != key => {
-                    self.collided.insert(key, id);
+                    let newest = self.collided.entry(key).or_insert(id);
+                    *newest = (*newest).max(id);
                 }
                 _ => {
                     owners.insert(key as u32, key);
-                    self.current.insert(key as u32, id as u32);
+                    let kept = self.newest_with(key as u32);
+                    if kept.map_or(true, |kept| kept < id) {
+                        self.current.insert(key as u32, id as u32);
+                    }
                 }
             }
         }
@@ -521,8 +534,8 @@ impl RecentBodies {
         let key = Self::key(&delivery.sha256, &delivery.kind);
         let candidate = match self.collided.get(&key) {
             Some(&id) => id,
-            None => match self.current.get(&(key as u32)).or_else(|| self.previous.get(&(key as u32))) {
-                Some(&low) => self.full_id(low),
+            None => match self.newest_with(key as u32) {
+                Some(id) => id,
                 None => return Ok(None),
             },
         };
@@ -550,6 +563,10 @@ impl RecentBodies {
         Ok(if changed_since(tx, delivery, original)? { None } else { Some(original) })
     }
 }
+
+/// Reads the deliveries of a range of receive times back into `RecentBodies`.
+const LOAD_SQL: &str = "SELECT id, kind, body_sha256 FROM deliveries
+  WHERE received_at >= ?1 AND (?2 IS NULL OR received_at < ?2)";
 
 /// Whether the contact of `delivery` had another delivery of its kind, or
 /// one of the opposite kind, after delivery `original`. Reads the kinds'
@@ -701,6 +718,93 @@ mod tests {
         let again = write(&mut connection, &mut recent, &[click("lnk-9990", &late), click("lnk-5", &late)]);
         assert_eq!(again[0].duplicate_of, Some(9_991));
         assert_eq!(again[1].duplicate_of, None);
+    }
+
+    /// A delivery received earlier than the window already read (an import
+    /// with --received-at-field) reads that older range into the map. It
+    /// must not replace a newer copy there, or a later retry of the newer
+    /// copy is not marked.
+    #[test]
+    fn older_range_keeps_newer_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        // serve: the same body twice, more than the window apart.
+        let served = {
+            let mut connection = open_or_create(&path).unwrap();
+            write(
+                &mut connection,
+                &mut RecentBodies::new(60_000),
+                &[click("lnk-1", "2026-03-01T14:00:00.000Z"), click("lnk-1", "2026-03-01T14:02:00.000Z")],
+            )
+        };
+        assert_eq!(served[1].duplicate_of, None);
+
+        // import: two other bodies, the second older than the first, then a
+        // retry 40 s after the newer copy of lnk-1.
+        let mut connection = open_existing(&path).unwrap();
+        let imported = write(
+            &mut connection,
+            &mut RecentBodies::new(60_000),
+            &[
+                click("lnk-2", "2026-03-01T14:02:30.000Z"),
+                click("lnk-3", "2026-03-01T14:00:30.000Z"),
+                click("lnk-1", "2026-03-01T14:02:40.000Z"),
+            ],
+        );
+
+        assert_eq!(imported[2].duplicate_of, Some(served[1].id));
+    }
+
+    /// A database of schema version 1 is brought to version 2: its three
+    /// indexes of deliveries give way to deliveries_received.
+    #[test]
+    fn version_1_database_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        open_or_create(&path)
+            .unwrap()
+            .execute_batch(
+                "DROP INDEX deliveries_received;
+                 CREATE INDEX deliveries_kind_received ON deliveries (kind, received_at);
+                 CREATE INDEX deliveries_fingerprint ON deliveries (body_sha256, kind, received_at);
+                 CREATE INDEX deliveries_dsid ON deliveries (dsid) WHERE dsid IS NOT NULL;
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+
+        let connection = open_existing(&path).unwrap();
+
+        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let indexes: Vec<String> = connection
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            ["deliveries_duplicates", "deliveries_not_stored", "deliveries_received", "deliveries_source"]
+        );
+    }
+
+    /// Reading the window back when serve starts runs inside the writer's
+    /// first transaction, so it must read the range through
+    /// deliveries_received, not the whole table.
+    #[test]
+    fn window_read_uses_received_index() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(SCHEMA_SQL).unwrap();
+        let plan: Vec<String> = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {LOAD_SQL}"))
+            .unwrap()
+            .query_map(params!["2026-03-01T14:00:00.000Z", "2026-03-02T14:00:00.000Z"], |row| row.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(plan.iter().any(|step| step.contains("deliveries_received")), "plan: {plan:?}");
+        assert!(!plan.iter().any(|step| step.starts_with("SCAN deliveries") && !step.contains("INDEX")), "plan: {plan:?}");
     }
 
     /// Two bodies whose short fingerprints are equal are both found.

@@ -28,6 +28,12 @@
 //! database file. One fdatasync covers every batch committed before it
 //! started, so under load each call acknowledges several batches.
 //!
+//! A failed fdatasync answers its batches 503 and ends the process with
+//! status 74: after such a failure Linux may report the next sync as a
+//! success although the failed writes were dropped, so nothing written to
+//! the file since could be acknowledged safely. The service manager starts
+//! dsevents again, and SQLite recovers the WAL from what the disk holds.
+//!
 //! # Checkpoints
 //!
 //! SQLite's automatic checkpoint runs inside the COMMIT that takes the WAL
@@ -368,38 +374,45 @@ fn sync_loop(
     failure: Arc<Mutex<Option<String>>>,
     checkpointer: SyncSender<()>,
 ) {
-    let mut failing = false;
     while let Ok(mut committed) = inbox.recv() {
         while let Ok(more) = inbox.try_recv() {
             committed.extend(more);
         }
-        match wal.sync() {
-            Ok(()) => {
-                if failing {
-                    info!("syncing the WAL to disk succeeds again");
-                    failing = false;
-                    set_failure(&failure, None);
-                }
-                for entry in committed {
-                    // The handler may have timed out and left.
-                    let _ = entry.reply.send(Ok(entry.receipt));
-                }
-                // Full when the checkpointer has a request pending already.
-                let _ = checkpointer.try_send(());
-            }
-            Err(cause) => {
-                let reason = format!("store unavailable: cannot sync {} to disk: {cause}", wal.path.display());
-                if !failing {
-                    error!("{reason}; responding 503 to deliveries committed since the last sync");
-                    failing = true;
-                }
-                set_failure(&failure, Some(reason.clone()));
-                for entry in committed {
-                    let _ = entry.reply.send(Err(reason.clone()));
-                }
-            }
+        if let Err(cause) = wal.sync() {
+            stop_after_failed_sync(&wal, &cause, committed, &failure);
         }
+        for entry in committed {
+            // The handler may have timed out and left.
+            let _ = entry.reply.send(Ok(entry.receipt));
+        }
+        // Full when the checkpointer has a request pending already.
+        let _ = checkpointer.try_send(());
     }
+}
+
+/// Exit status after a failed WAL sync: EX_IOERR from sysexits.h.
+const EXIT_SYNC_FAILED: i32 = 74;
+
+/// Answers `committed` 503 and ends the process. After fdatasync fails,
+/// Linux may drop the pages it could not write and report the next sync as
+/// a success, so no later commit could be trusted to be on disk. The
+/// service manager restarts dsevents, SQLite recovers the WAL from what
+/// the disk holds, and DailyStory retries every delivery that got no 2xx.
+fn stop_after_failed_sync(
+    wal: &WalFile,
+    cause: &std::io::Error,
+    committed: Vec<Committed>,
+    failure: &Mutex<Option<String>>,
+) -> ! {
+    let reason = format!("store unavailable: cannot sync {} to disk: {cause}", wal.path.display());
+    set_failure(failure, Some(reason.clone()));
+    error!("{reason}; exiting with status {EXIT_SYNC_FAILED}, because later syncs of this file cannot be trusted");
+    for entry in committed {
+        let _ = entry.reply.send(Err(reason.clone()));
+    }
+    // Time for the handlers to send those 503 answers.
+    thread::sleep(Duration::from_millis(200));
+    std::process::exit(EXIT_SYNC_FAILED);
 }
 
 /// A run of failed writes, logged when it starts or its cause changes and

@@ -507,6 +507,21 @@ fn lead_status_listing_matches_the_view() {
     assert_eq!(fixture.query_json(&["lead-status", "--limit", "4"]), all[..4]);
 }
 
+/// Text that another tool wrote as invalid UTF-8 is shown with U+FFFD,
+/// not a crash.
+#[test]
+fn lead_status_shows_invalid_utf8_replaced() {
+    let fixture = lead_fixture();
+    rusqlite::Connection::open(&fixture.db)
+        .expect("open the database")
+        .execute_batch("UPDATE lead_status_changes SET status = CAST(X'4EFF' AS TEXT) WHERE status = 'Won'")
+        .expect("write invalid UTF-8");
+
+    let rows = fixture.query_json(&["lead-status"]);
+
+    assert_eq!(column(&rows, "status")[2], &json!("N\u{FFFD}"));
+}
+
 #[test]
 fn contact_shows_timeline_with_summaries() {
     let fixture = Fixture::new();

@@ -32,7 +32,7 @@ fn status_counts_match_posts() {
     assert_eq!(status["quarantined"]["count"], 1);
     assert!(status["quarantined"]["latest_reason"].as_str().unwrap().contains("'not a number'"));
     assert_eq!(status["unknown_kind"]["count"], 1);
-    assert_eq!(status["schema_version"], 1);
+    assert_eq!(status["schema_version"], 2);
     assert!(status["database_bytes"].as_u64().unwrap() > 0);
 }
 
