@@ -4,7 +4,7 @@
 //! It gives the same rows as the `current_consent` view in schema.sql,
 //! which users query from their own tools, and a test compares the two.
 //! The view groups every opt-out and opt-in of the three channels in one
-//! sort; on a million deliveries that took about 240 ms, most of it in
+//! sort. On a million deliveries that took about 240 ms, most of it in
 //! SQLite's sorter. Here each channel's two tables are read once, in
 //! storage order, and a hash map keyed by contact keeps each contact's
 //! newest change: no sort, and the texts of all kept changes share one
@@ -75,7 +75,7 @@ pub fn newest_changes(connection: &Connection, channels: &[Channel]) -> rusqlite
     Ok(changes)
 }
 
-/// A text column's bytes, or None for NULL.
+/// Returns a text column's bytes, or None for NULL.
 fn bytes<'row>(row: &'row rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<&'row [u8]>> {
     Ok(match row.get_ref(index)? {
         ValueRef::Null => None,

@@ -125,7 +125,7 @@ fn parse_window(text: &str) -> Result<chrono::Duration, String> {
 /// Runs `serve` until SIGTERM or SIGINT.
 /// Caps glibc's malloc at two arenas. By default it gives busy threads
 /// arenas of their own, up to eight per core, and each keeps the memory its
-/// threads freed: with one thread per connection that was about 2 MB of the
+/// threads freed. With one thread per connection that was about 2 MB of the
 /// server's resident memory under load, for no measurable speed.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

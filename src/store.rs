@@ -136,8 +136,8 @@ fn prepare_connection(connection: &Connection, path: &Path, may_create: bool) ->
     // Checkpoint policy: a checkpoint copies the WAL into the database
     // file, and the next write after a complete one starts the WAL over
     // from its beginning. `serve` checkpoints on a thread of its own while
-    // it writes and starts the WAL over at about 4000 pages, 16 MB, or at
-    // 6000 if background checkpoints fall behind (see `writer`); other
+    // it writes, and starts the WAL over at about 4000 pages, 16 MB, or at
+    // 6000 if background checkpoints fall behind (see `writer`). Other
     // commands leave it to SQLite's automatic checkpoint at 1000 pages. A
     // reader holding a transaction open keeps checkpoints from completing,
     // so the WAL grows while it lasts. Once it ends, the next checkpoint
@@ -256,8 +256,8 @@ pub struct Receipt {
 }
 
 /// Writes a delivery and its normalized row inside `tx`, and marks it as a
-/// duplicate (a retry) when `recent` knows an earlier copy; see
-/// [`RecentBodies`].
+/// duplicate (a retry) when `recent` finds an earlier copy (see
+/// [`RecentBodies`]).
 pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, recent: &mut RecentBodies) -> rusqlite::Result<Receipt> {
     let duplicate_of = recent.find_original(tx, delivery)?;
     tx.prepare_cached(
@@ -329,7 +329,7 @@ fn insert_sql(kind: &Kind) -> String {
 ///
 /// A delivery is a duplicate when an identical body of the same kind
 /// arrived at most the window before it (DailyStory retries a delivery
-/// whose answer it did not get). It points to the newest such copy that is
+/// that got no 2xx response). It points to the newest such copy that is
 /// not itself a duplicate. An identical body is not a retry, though, when a
 /// different delivery of the same kind, or of its opposite kind, for the
 /// same contact arrived in between: opt-out, opt-in, opt-out again is a
@@ -426,8 +426,8 @@ impl RecentBodies {
         }
     }
 
-    /// The 64-bit fingerprint of a body of a kind; its low 32 bits are the
-    /// short one.
+    /// Returns the 64-bit fingerprint of a body of a kind. Its low 32 bits
+    /// are the short fingerprint.
     fn key(sha256: &[u8; 32], kind: &str) -> u64 {
         let mut prefix = [0u8; 8];
         prefix.copy_from_slice(&sha256[..8]);
@@ -439,8 +439,8 @@ impl RecentBodies {
         u64::from_le_bytes(prefix) ^ kind
     }
 
-    /// The delivery id whose low 32 bits are `low`: the greatest one not
-    /// above `newest_id`.
+    /// Returns the delivery id whose low 32 bits are `low`: the greatest one
+    /// not above `newest_id`.
     fn full_id(&self, low: u32) -> i64 {
         let id = (self.newest_id & !0xFFFF_FFFF) | i64::from(low);
         if id > self.newest_id {
@@ -450,8 +450,8 @@ impl RecentBodies {
         }
     }
 
-    /// The newest delivery id either generation holds for a short
-    /// fingerprint.
+    /// Returns the newest delivery id that either generation has for a
+    /// short fingerprint.
     fn newest_with(&self, short: u32) -> Option<i64> {
         let current = self.current.get(&short).map(|&low| self.full_id(low));
         let previous = self.previous.get(&short).map(|&low| self.full_id(low));
@@ -522,7 +522,7 @@ impl RecentBodies {
         Ok(())
     }
 
-    /// The delivery `delivery` repeats, if it is a retry.
+    /// Returns the delivery that `delivery` repeats, if it is a retry.
     fn find_original(&mut self, tx: &Connection, delivery: &Delivery) -> rusqlite::Result<Option<i64>> {
         self.collision = false;
         if self.window_ms <= 0 {
@@ -568,8 +568,8 @@ impl RecentBodies {
 const LOAD_SQL: &str = "SELECT id, kind, body_sha256 FROM deliveries
   WHERE received_at >= ?1 AND (?2 IS NULL OR received_at < ?2)";
 
-/// Whether the contact of `delivery` had another delivery of its kind, or
-/// one of the opposite kind, after delivery `original`. Reads the kinds'
+/// Returns whether the contact of `delivery` had another delivery of its
+/// kind, or one of the opposite kind, after delivery `original`. Reads the kinds'
 /// tables through their dsid indexes.
 fn changed_since(tx: &Connection, delivery: &Delivery, original: i64) -> rusqlite::Result<bool> {
     let (Parsed::Stored(kind, _), Some(dsid)) = (&delivery.parsed, delivery.dsid()) else {

@@ -1,6 +1,6 @@
 //! The writer: one thread that owns the write connection and commits
 //! deliveries in groups, and a second thread that makes those commits
-//! durable before their handlers answer.
+//! durable before their handlers respond.
 //!
 //! Request handlers parse a delivery, hand it over with `WriterHandle::write`
 //! and wait. The writer takes every delivery waiting at that moment (up to
@@ -11,8 +11,8 @@
 //! # Durability: the same promise as synchronous=FULL, with the fsync moved
 //!
 //! With synchronous=FULL, SQLite calls fsync on the WAL inside every
-//! COMMIT, and the writer could start nothing else until the disk answered:
-//! about a third of its time went into that wait. Here the write connection
+//! COMMIT, and the writer could start nothing else until the fsync
+//! returned. About a third of its time went into that wait. Here the write connection
 //! uses synchronous=NORMAL, so COMMIT writes the transaction's frames to
 //! the WAL without waiting for the disk, and the writer hands the batch to
 //! the syncer thread. The syncer calls fdatasync on the WAL file and only
@@ -60,17 +60,16 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::store::{self, Delivery, Receipt, RecentBodies};
 
-/// WAL pages from which the WAL is started over: once a background
+/// WAL pages from which the WAL is started over. Once a background
 /// checkpoint has copied this many, the writer completes the checkpoint
-/// itself, which leaves it only the pages committed meanwhile to copy, and
-/// its next transaction writes from the beginning of the WAL. About 16 MB
-/// with 4 KiB pages.
+/// itself, copying only the pages committed meanwhile. Its next transaction
+/// then writes from the beginning of the WAL. About 16 MB with 4 KiB pages.
 const WAL_RESTART_PAGES: i64 = 4000;
 
-/// WAL pages at which the writer checkpoints itself, all of what the
-/// background checkpoints have not copied, after the commit that reaches
-/// them (SQLite's automatic checkpoint). Only reached when background
-/// checkpoints fall behind; about 25 MB, below journal_size_limit.
+/// WAL pages at which SQLite's automatic checkpoint runs on the writer,
+/// after the commit that reaches them, copying whatever the background
+/// checkpoints have not. It is reached only when they fall behind. About
+/// 25 MB, below journal_size_limit.
 const WAL_LIMIT_PAGES: i64 = 6000;
 
 /// Shortest time between two background checkpoints.
@@ -260,8 +259,8 @@ fn run(
         let committed = write_jobs(&mut connection, vec![job], &mut recent, &observer, &mut outage);
         hand_over(&to_syncer, committed);
     }
-    // The syncer answers what it holds and ends once its inbox closes; the
-    // checkpointer ends with it.
+    // The syncer responds to what it has and ends once its inbox closes.
+    // The checkpointer ends with it.
     drop(to_syncer);
     for helper in helpers {
         if helper.join().is_err() {
@@ -305,7 +304,7 @@ impl WalFile {
         Ok(WalFile { database: PathBuf::from(database), path: PathBuf::from(format!("{database}-wal")), open: None })
     }
 
-    /// The database file the WAL belongs to.
+    /// Returns the database file the WAL belongs to.
     fn database(&self) -> &Path {
         &self.database
     }
@@ -332,11 +331,11 @@ fn open_for_sync(path: &Path) -> std::io::Result<(File, u64, u64)> {
     Ok((file, metadata.dev(), metadata.ino()))
 }
 
-/// The checkpointer thread: after the syncer's fsyncs, at most once per
-/// `CHECKPOINT_INTERVAL`, copies what the WAL holds into the database file
-/// with a PASSIVE checkpoint on a connection of its own, while the writer
-/// goes on committing. Once it has copied `WAL_RESTART_PAGES`, it sets
-/// `restart` for the writer. See the module comment.
+/// Runs the checkpointer thread. After the syncer's fsyncs, at most once
+/// per `CHECKPOINT_INTERVAL`, it copies the WAL into the database file with
+/// a PASSIVE checkpoint on a connection of its own, while the writer goes
+/// on committing. Once it has copied `WAL_RESTART_PAGES`, it sets `restart`
+/// for the writer.
 fn checkpoint_loop(connection: Connection, kicks: Receiver<()>, restart: Arc<AtomicBool>) {
     let mut failing = false;
     while kicks.recv().is_ok() {
@@ -366,8 +365,8 @@ fn checkpoint_loop(connection: Connection, kicks: Receiver<()>, restart: Arc<Ato
     }
 }
 
-/// The syncer thread: takes every committed batch waiting, syncs the WAL
-/// once for all of them, then wakes their handlers.
+/// Runs the syncer thread. It takes every committed batch waiting, syncs
+/// the WAL once for all of them, then wakes their handlers.
 fn sync_loop(
     mut wal: WalFile,
     inbox: Receiver<Vec<Committed>>,
@@ -393,7 +392,7 @@ fn sync_loop(
 /// Exit status after a failed WAL sync: EX_IOERR from sysexits.h.
 const EXIT_SYNC_FAILED: i32 = 74;
 
-/// Answers `committed` 503 and ends the process. After fdatasync fails,
+/// Responds 503 to `committed` and ends the process. After fdatasync fails,
 /// Linux may drop the pages it could not write and report the next sync as
 /// a success, so no later commit could be trusted to be on disk. The
 /// service manager restarts dsevents, SQLite recovers the WAL from what
@@ -410,7 +409,7 @@ fn stop_after_failed_sync(
     for entry in committed {
         let _ = entry.reply.send(Err(reason.clone()));
     }
-    // Time for the handlers to send those 503 answers.
+    // Time for the handlers to send those 503 responses.
     thread::sleep(Duration::from_millis(200));
     std::process::exit(EXIT_SYNC_FAILED);
 }

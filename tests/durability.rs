@@ -44,7 +44,7 @@ fn acknowledgement_waits_for_wal_sync() {
     let first = server.post("/hooks/email-opt-out", opt_out(1).as_bytes());
     assert_eq!(first.status, 200, "{}", first.body);
 
-    // A slow disk: the answer comes only after the WAL sync returns.
+    // A slow disk: the response comes only after the WAL sync returns.
     const DELAY: Duration = Duration::from_millis(400);
     std::fs::write(faults.path().join("delay_ms"), DELAY.as_millis().to_string()).unwrap();
     let started = Instant::now();
@@ -68,7 +68,7 @@ fn acknowledgement_waits_for_wal_sync() {
     assert_eq!(status.code(), Some(74), "{status:?}");
 
     // The service manager starts it again. SQLite recovers the WAL, and
-    // DailyStory's retry of the refused delivery is stored; if the refused
+    // DailyStory's retry of the refused delivery is stored. If the refused
     // copy reached the disk after all, the retry is marked as its
     // duplicate, so reports count the opt-out once either way.
     server.restart(&[]);

@@ -200,7 +200,7 @@ fn current_opt_outs_skip_opted_in() {
 }
 
 /// `opt-outs --current` finds each contact's newest change in Rust rather
-/// than through the current_consent view; both must give the same rows,
+/// than through the current_consent view. Both must give the same rows,
 /// also for retries, changes in the same millisecond and contacts known
 /// only by address.
 #[test]
@@ -438,7 +438,7 @@ fn lead_status_since_keeps_previous_status() {
 }
 
 /// Without --lead or --dsid, `lead-status` carries each previous status
-/// from row to row instead of querying lead_status_history; both must give
+/// from row to row instead of querying lead_status_history. Both must give
 /// the same rows, also for retries, changes in the same millisecond,
 /// changes without a lead id and a time window.
 #[test]
