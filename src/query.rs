@@ -273,16 +273,16 @@ fn current_opt_outs(args: OptOutsArgs, window: TimeWindow) -> anyhow::Result<()>
     let connection = store::open_for_reading(database)?;
     let channels: Vec<consent::Channel> = consent::CHANNELS
         .iter()
-        .filter(|channel| args.channel.map_or(true, |wanted| wanted.as_str() == channel.name))
+        .filter(|channel| args.channel.is_none_or(|wanted| wanted.as_str() == channel.name))
         .copied()
         .collect();
     let mut changes: Vec<consent::Change> = consent::newest_changes(&connection, &channels)
         .with_context(|| query_failed(database))?
         .into_iter()
         .filter(|change| change.opted_out)
-        .filter(|change| args.dsid.as_ref().map_or(true, |dsid| change.dsid.as_ref() == Some(dsid)))
-        .filter(|change| window.since.as_ref().map_or(true, |since| change.changed_at >= *since))
-        .filter(|change| window.until.as_ref().map_or(true, |until| change.changed_at < *until))
+        .filter(|change| args.dsid.as_ref().is_none_or(|dsid| change.dsid.as_ref() == Some(dsid)))
+        .filter(|change| window.since.as_ref().is_none_or(|since| change.changed_at >= *since))
+        .filter(|change| window.until.as_ref().is_none_or(|until| change.changed_at < *until))
         .collect();
     changes.sort_unstable_by(|a, b| (&b.changed_at, b.delivery_id).cmp(&(&a.changed_at, a.delivery_id)));
     if let Some(limit) = args.limit {
@@ -423,8 +423,8 @@ fn lead_histories(connection: &Connection, window: &TimeWindow, limit: Option<i6
             Some((previous_lead, previous_status)) if *previous_lead == lead => ValueRef::from(previous_status),
             _ => ValueRef::Null,
         };
-        let in_window = window.since.as_deref().map_or(true, |since| changed_at >= since)
-            && window.until.as_deref().map_or(true, |until| changed_at < until);
+        let in_window = window.since.as_deref().is_none_or(|since| changed_at >= since)
+            && window.until.as_deref().is_none_or(|until| changed_at < until);
         if in_window {
             if remaining == Some(0) {
                 break;

@@ -509,7 +509,7 @@ impl RecentBodies {
                 _ => {
                     owners.insert(key as u32, key);
                     let kept = self.newest_with(key as u32);
-                    if kept.map_or(true, |kept| kept < id) {
+                    if kept.is_none_or(|kept| kept < id) {
                         self.current.insert(key as u32, id as u32);
                     }
                 }
@@ -557,7 +557,7 @@ impl RecentBodies {
             .query_row([original], |row| row.get::<_, String>(0))
             .optional()?
             .and_then(|text| millis(&text));
-        if original_ms.map_or(true, |ms| ms < since_ms) {
+        if original_ms.is_none_or(|ms| ms < since_ms) {
             return Ok(None);
         }
         Ok(if changed_since(tx, delivery, original)? { None } else { Some(original) })

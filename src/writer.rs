@@ -174,9 +174,9 @@ impl Writer {
 
         let thread = thread::Builder::new().name("writer".to_string()).spawn(move || {
             let outage = Outage { failure, ..Outage::default() };
-            let helpers = [syncer, checkpointer];
+            let helpers = Helpers { to_syncer, threads: [syncer, checkpointer], restart };
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(connection, receiver, to_syncer, helpers, restart, config, observer, outage)
+                run(connection, receiver, helpers, config, observer, outage)
             }));
             if result.is_err() {
                 // Without the writer every delivery would get 503 while the
@@ -212,12 +212,18 @@ struct Committed {
     receipt: Receipt,
 }
 
+/// The writer's links to the syncer and checkpointer threads.
+struct Helpers {
+    to_syncer: Sender<Vec<Committed>>,
+    threads: [JoinHandle<()>; 2],
+    /// Set by the checkpointer when the WAL should start over.
+    restart: Arc<AtomicBool>,
+}
+
 fn run(
     mut connection: Connection,
     receiver: Receiver<Message>,
-    to_syncer: Sender<Vec<Committed>>,
-    helpers: [JoinHandle<()>; 2],
-    restart: Arc<AtomicBool>,
+    helpers: Helpers,
     config: WriterConfig,
     observer: BatchObserver,
     mut outage: Outage,
@@ -243,8 +249,8 @@ fn run(
         }
 
         let committed = write_jobs(&mut connection, jobs, &mut recent, &observer, &mut outage);
-        hand_over(&to_syncer, committed);
-        if restart.swap(false, Ordering::Relaxed) {
+        hand_over(&helpers.to_syncer, committed);
+        if helpers.restart.swap(false, Ordering::Relaxed) {
             // After the hand-over, so that the batch just committed does not
             // wait for it. A failure leaves the WAL to SQLite's automatic
             // checkpoint.
@@ -257,12 +263,13 @@ fn run(
     // Deliveries queued behind the stop message still get written.
     while let Ok(Message::Write(job)) = receiver.try_recv() {
         let committed = write_jobs(&mut connection, vec![job], &mut recent, &observer, &mut outage);
-        hand_over(&to_syncer, committed);
+        hand_over(&helpers.to_syncer, committed);
     }
     // The syncer responds to what it has and ends once its inbox closes.
     // The checkpointer ends with it.
+    let Helpers { to_syncer, threads, .. } = helpers;
     drop(to_syncer);
-    for helper in helpers {
+    for helper in threads {
         if helper.join().is_err() {
             error!("a thread of the writer panicked");
         }
@@ -538,8 +545,7 @@ fn commit(connection: &mut Connection, deliveries: &[&Delivery], recent: &mut Re
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+    use std::sync::{Arc, Mutex};
 
     use super::*;
 
