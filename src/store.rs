@@ -807,6 +807,49 @@ mod tests {
         assert!(!plan.iter().any(|step| step.starts_with("SCAN deliveries") && !step.contains("INDEX")), "plan: {plan:?}");
     }
 
+    /// Reading an older range after a newer one (an import going back in
+    /// time) meets a body whose short fingerprint is already in the map
+    /// for a newer body. The older body must still be found, or its retry
+    /// is stored as a new delivery.
+    #[test]
+    fn older_range_keeps_shared_fingerprint() {
+        let mut seen: HashMap<u32, usize> = HashMap::new();
+        let (older, newer) = (0..1_000_000)
+            .find_map(|n| {
+                let delivery = click(&format!("lnk-{n}"), "2026-03-01T14:00:00.000Z");
+                let short = RecentBodies::key(&delivery.sha256, &delivery.kind) as u32;
+                seen.insert(short, n).map(|earlier| (earlier, n))
+            })
+            .expect("a shared fingerprint");
+        let (older, newer) = (format!("lnk-{older}"), format!("lnk-{newer}"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        // serve: the two bodies that share a short fingerprint, 90 s apart.
+        let served = {
+            let mut connection = open_or_create(&path).unwrap();
+            write(
+                &mut connection,
+                &mut RecentBodies::new(60_000),
+                &[click(&older, "2026-03-01T14:00:00.000Z"), click(&newer, "2026-03-01T14:01:30.000Z")],
+            )
+        };
+
+        // import: a body that reads the newer range into the map, one that
+        // reads the older range, then a retry of the older body 50 s after it.
+        let mut connection = open_existing(&path).unwrap();
+        let imported = write(
+            &mut connection,
+            &mut RecentBodies::new(60_000),
+            &[
+                click("other-1", "2026-03-01T14:01:40.000Z"),
+                click("other-2", "2026-03-01T14:00:20.000Z"),
+                click(&older, "2026-03-01T14:00:50.000Z"),
+            ],
+        );
+
+        assert_eq!(imported[2].duplicate_of, Some(served[0].id));
+    }
+
     /// Two bodies whose short fingerprints are equal are both found.
     #[test]
     fn shared_fingerprint_keeps_both_bodies() {
