@@ -81,3 +81,32 @@ fn acknowledgement_waits_for_wal_sync() {
     let integrity: String = server.db().query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(integrity, "ok");
 }
+
+/// Once a background checkpoint has copied the whole WAL, the next commit
+/// starts the WAL over and SQLite syncs its header on the writer's own
+/// connection. When that sync fails, serve must stop with status 74 as it
+/// does when the syncer's sync fails, not go on acknowledging deliveries
+/// written after the failed header.
+#[test]
+fn failed_header_sync_stops_serve() {
+    let faults = tempfile::tempdir().expect("create temp dir");
+    let library = build_fault_library(faults.path());
+    let mut server = Server::start_with_env(
+        &[],
+        &[("LD_PRELOAD", library.as_os_str()), ("SYNC_FAULT_DIR", faults.path().as_os_str())],
+    );
+    let first = server.post("/hooks/email-opt-out", opt_out(1).as_bytes());
+    assert_eq!(first.status, 200, "{}", first.body);
+    // Time for the checkpointer to copy the WAL into the database file.
+    std::thread::sleep(Duration::from_millis(500));
+
+    std::fs::write(faults.path().join("fail"), "").unwrap();
+    let refused = server.post("/hooks/email-opt-out", opt_out(2).as_bytes());
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    std::fs::remove_file(faults.path().join("fail")).unwrap();
+    let later = server.post("/hooks/email-opt-out", opt_out(3).as_bytes());
+
+    assert_ne!(later.status, 200, "acknowledged after a failed WAL sync: {}", later.body);
+    let status = server.wait_exit(Duration::from_secs(10)).expect("serve exits after a failed WAL sync");
+    assert_eq!(status.code(), Some(74), "{status:?}");
+}
