@@ -85,6 +85,22 @@ pub fn open_for_reading(path: &Path) -> anyhow::Result<Connection> {
         return Ok(connection);
     }
     check_schema(&connection, path, false)?;
+    if (1..SCHEMA_VERSION).contains(&version) {
+        match open_existing(path) {
+            Ok(upgraded) => return Ok(upgraded),
+            // Such as a file this user may read but not write. The older
+            // versions differ only in indexes and views, so reports still work.
+            Err(error) => {
+                log::warn!(
+                    "database {} has schema version {version} and cannot be upgraded to {SCHEMA_VERSION} here ({error:#}); \
+                     reading it as it is. Run any dsevents command that writes, such as `dsevents serve`, \
+                     once as a user who may write the file",
+                    path.display()
+                );
+                return Ok(connection);
+            }
+        }
+    }
     drop(connection);
     open_existing(path)
 }
@@ -501,18 +517,26 @@ impl RecentBodies {
             self.newest_id = self.newest_id.max(id);
             // The maps keep the newest id of a body, also when an older
             // range is read after a newer one (an import going back in time).
-            match owners.get(&(key as u32)) {
-                Some(owner) if *owner != key => {
-                    let newest = self.collided.entry(key).or_insert(id);
-                    *newest = (*newest).max(id);
+            let owner = match owners.get(&(key as u32)) {
+                Some(&owner) => owner,
+                None => {
+                    // Read or written before this call, if at all.
+                    let owner = match self.newest_with(key as u32) {
+                        Some(kept) => key_of_delivery(connection, kept)?.unwrap_or(key),
+                        None => key,
+                    };
+                    owners.insert(key as u32, owner);
+                    owner
                 }
-                _ => {
-                    owners.insert(key as u32, key);
-                    let kept = self.newest_with(key as u32);
-                    if kept.is_none_or(|kept| kept < id) {
-                        self.current.insert(key as u32, id as u32);
-                    }
+            };
+            if owner == key {
+                let kept = self.newest_with(key as u32);
+                if kept.is_none_or(|kept| kept < id) {
+                    self.current.insert(key as u32, id as u32);
                 }
+            } else {
+                let newest = self.collided.entry(key).or_insert(id);
+                *newest = (*newest).max(id);
             }
         }
         self.loaded_from = Some(since_ms);
@@ -562,6 +586,15 @@ impl RecentBodies {
         }
         Ok(if changed_since(tx, delivery, original)? { None } else { Some(original) })
     }
+}
+
+/// Returns the 64-bit fingerprint of stored delivery `id`, if it exists.
+fn key_of_delivery(connection: &Connection, id: i64) -> rusqlite::Result<Option<u64>> {
+    let found: Option<(String, Vec<u8>)> = connection
+        .prepare_cached("SELECT kind, body_sha256 FROM deliveries WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    Ok(found.and_then(|(kind, sha256)| <[u8; 32]>::try_from(sha256).ok().map(|sha256| RecentBodies::key(&sha256, &kind))))
 }
 
 /// Reads the deliveries of a range of receive times back into `RecentBodies`.

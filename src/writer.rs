@@ -94,9 +94,12 @@ enum Message {
     Stop,
 }
 
+/// Where a handler waits for the result of its delivery.
+type Reply = SyncSender<Result<Receipt, String>>;
+
 struct Job {
     delivery: Delivery,
-    reply: SyncSender<Result<Receipt, String>>,
+    reply: Reply,
 }
 
 /// The sending side, cloned into every request handler.
@@ -163,9 +166,10 @@ impl Writer {
         // Set by the checkpointer when the writer should start the WAL over.
         let restart = Arc::new(AtomicBool::new(false));
         let copied = Arc::clone(&restart);
+        let checkpoint_failure = Arc::clone(&failure);
         let checkpointer = thread::Builder::new()
             .name("checkpointer".to_string())
-            .spawn(move || checkpoint_loop(checkpoints, kicks, copied))?;
+            .spawn(move || checkpoint_loop(checkpoints, kicks, copied, checkpoint_failure))?;
         let (to_syncer, syncer_inbox) = mpsc::channel();
         let syncer_failure = Arc::clone(&failure);
         let syncer = thread::Builder::new()
@@ -208,7 +212,7 @@ impl Writer {
 
 /// A delivery committed but not yet known to be on disk.
 struct Committed {
-    reply: SyncSender<Result<Receipt, String>>,
+    reply: Reply,
     receipt: Receipt,
 }
 
@@ -254,8 +258,13 @@ fn run(
             // After the hand-over, so that the batch just committed does not
             // wait for it. A failure leaves the WAL to SQLite's automatic
             // checkpoint.
-            if let Err(cause) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                warn!("checkpoint to start the WAL over failed: {cause}");
+            match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                Ok(()) => {}
+                Err(cause) if is_failed_sync(&cause) => {
+                    let reason = format!("store unavailable: a checkpoint could not sync the database to disk: {cause}");
+                    stop_after_failed_sync(reason, Vec::new(), &outage.failure);
+                }
+                Err(cause) => warn!("checkpoint to start the WAL over failed: {cause}"),
             }
         }
     }
@@ -343,7 +352,12 @@ fn open_for_sync(path: &Path) -> std::io::Result<(File, u64, u64)> {
 /// a PASSIVE checkpoint on a connection of its own, while the writer goes
 /// on committing. Once it has copied `WAL_RESTART_PAGES`, it sets `restart`
 /// for the writer.
-fn checkpoint_loop(connection: Connection, kicks: Receiver<()>, restart: Arc<AtomicBool>) {
+fn checkpoint_loop(
+    connection: Connection,
+    kicks: Receiver<()>,
+    restart: Arc<AtomicBool>,
+    failure: Arc<Mutex<Option<String>>>,
+) {
     let mut failing = false;
     while kicks.recv().is_ok() {
         let started = Instant::now();
@@ -360,6 +374,10 @@ fn checkpoint_loop(connection: Connection, kicks: Receiver<()>, restart: Arc<Ato
                 if busy == 0 && pages >= WAL_RESTART_PAGES && copied == pages {
                     restart.store(true, Ordering::Relaxed);
                 }
+            }
+            Err(cause) if is_failed_sync(&cause) => {
+                let reason = format!("store unavailable: a checkpoint could not sync the database to disk: {cause}");
+                stop_after_failed_sync(reason, Vec::new(), &failure);
             }
             Err(cause) => {
                 if !failing {
@@ -385,7 +403,8 @@ fn sync_loop(
             committed.extend(more);
         }
         if let Err(cause) = wal.sync() {
-            stop_after_failed_sync(&wal, &cause, committed, &failure);
+            let reason = format!("store unavailable: cannot sync {} to disk: {cause}", wal.path.display());
+            stop_after_failed_sync(reason, committed.into_iter().map(|entry| entry.reply).collect(), &failure);
         }
         for entry in committed {
             // The handler may have timed out and left.
@@ -399,26 +418,33 @@ fn sync_loop(
 /// Exit status after a failed WAL sync: EX_IOERR from sysexits.h.
 const EXIT_SYNC_FAILED: i32 = 74;
 
-/// Responds 503 to `committed` and ends the process. After fdatasync fails,
-/// Linux may drop the pages it could not write and report the next sync as
-/// a success, so no later commit could be trusted to be on disk. The
+/// Responds 503 to `replies` and ends the process. After an fsync fails,
+/// Linux may drop the pages it could not write and report the next sync
+/// as a success, so no later commit could be trusted to be on disk. The
 /// service manager restarts dsevents, SQLite recovers the WAL from what
-/// the disk holds, and DailyStory retries every delivery that got no 2xx.
-fn stop_after_failed_sync(
-    wal: &WalFile,
-    cause: &std::io::Error,
-    committed: Vec<Committed>,
-    failure: &Mutex<Option<String>>,
-) -> ! {
-    let reason = format!("store unavailable: cannot sync {} to disk: {cause}", wal.path.display());
+/// the disk holds, and DailyStory retries every delivery that got no 2xx,
+/// including those that arrive in the moments before the exit and get no
+/// response at all.
+fn stop_after_failed_sync(reason: String, replies: Vec<Reply>, failure: &Mutex<Option<String>>) -> ! {
     set_failure(failure, Some(reason.clone()));
     error!("{reason}; exiting with status {EXIT_SYNC_FAILED}, because later syncs of this file cannot be trusted");
-    for entry in committed {
-        let _ = entry.reply.send(Err(reason.clone()));
+    for reply in replies {
+        let _ = reply.send(Err(reason.clone()));
     }
     // Time for the handlers to send those 503 responses.
     thread::sleep(Duration::from_millis(200));
     std::process::exit(EXIT_SYNC_FAILED);
+}
+
+/// Returns true when SQLite failed to sync a file, in a commit or a
+/// checkpoint: the same condition as a failed fdatasync in the syncer.
+fn is_failed_sync(cause: &rusqlite::Error) -> bool {
+    matches!(
+        cause,
+        rusqlite::Error::SqliteFailure(error, _)
+            if error.extended_code == rusqlite::ffi::SQLITE_IOERR_FSYNC
+                || error.extended_code == rusqlite::ffi::SQLITE_IOERR_DIR_FSYNC
+    )
 }
 
 /// A run of failed writes, logged when it starts or its cause changes and
@@ -514,6 +540,10 @@ fn write_jobs(
                 committed.extend(write_jobs(connection, vec![job], recent, observer, outage));
             }
             committed
+        }
+        Err(cause) if is_failed_sync(&cause) => {
+            let reason = format!("store unavailable: SQLite could not sync the database to disk: {cause}");
+            stop_after_failed_sync(reason, jobs.into_iter().map(|job| job.reply).collect(), &outage.failure);
         }
         Err(cause) => {
             for job in jobs {

@@ -177,3 +177,37 @@ fn man_dir_writes_page_per_command() {
     let printed = run(&["man"]);
     assert_eq!(String::from_utf8_lossy(&printed.stdout), top, "man without --dir prints the top-level page");
 }
+
+/// A database of schema version 1 that this user may read but not write
+/// (here the file is bind-mounted read-only in a private mount namespace)
+/// is read as it is, with a warning, rather than failing on the upgrade.
+#[test]
+fn read_only_old_database_still_read() {
+    let mut server = Server::start(&[]);
+    server.post("/hooks/email-bounced", br#"{"dsid":"d1","email":"x1@example.com"}"#);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(std::time::Duration::from_secs(10)).and_then(|status| status.code()), Some(0));
+    rusqlite::Connection::open(&server.db)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 1")
+        .unwrap();
+
+    let db = server.db.to_str().unwrap();
+    let script = format!(
+        "mount --bind {db} {db} && mount -o remount,bind,ro {db} && exec {} status --db {db} --format json",
+        common::BIN
+    );
+    let output = match Command::new("unshare").args(["-rm", "sh", "-c", &script]).output() {
+        Ok(output) if !String::from_utf8_lossy(&output.stderr).contains("mount:") => output,
+        other => {
+            eprintln!("SKIPPED read_only_old_database_still_read: no read-only bind mount in a namespace: {other:?}");
+            return;
+        }
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON status");
+    assert_eq!(status["deliveries"], 1);
+    assert_eq!(status["schema_version"], 1);
+    assert!(stderr.contains("cannot be upgraded to 2 here"), "{stderr}");
+}
