@@ -10,14 +10,16 @@
 //! newest change: no sort, and the texts of all kept changes share one
 //! buffer. On the same data that takes about 120 ms.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
+use crate::store;
+
 /// A consent channel, with its opt-out and opt-in tables and the column
-/// that holds the address (phone consent carries none).
+/// that contains the address (phone consent carries none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Channel {
     pub name: &'static str,
@@ -47,10 +49,7 @@ pub struct Change {
 /// by dsid, or by address when the change carried no dsid, and retries
 /// (deliveries with a duplicate_of) are left out, as in the view.
 pub fn newest_changes(connection: &Connection, channels: &[Channel]) -> rusqlite::Result<Vec<Change>> {
-    let retries: HashSet<i64, Fnv> = connection
-        .prepare("SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL")?
-        .query_map([], |row| row.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let retries = store::retry_ids(connection)?;
     let mut changes = Vec::new();
     for channel in channels {
         let mut newest = Newest::default();
@@ -134,11 +133,7 @@ impl Newest {
     /// max() orders them.
     fn offer(&mut self, dsid: Option<&[u8]>, address: Option<&[u8]>, changed_at: &[u8], id: i64, opted_out: bool) {
         let contact = dsid.or(address);
-        let hash = contact.map(|contact| {
-            let mut hasher = FnvHasher::default();
-            hasher.write(contact);
-            hasher.finish()
-        });
+        let hash = contact.map(|contact| store::fnv1a(store::FNV_OFFSET, contact));
         let existing = match (contact, hash) {
             (Some(contact), Some(hash)) => match self.by_hash.get(&hash) {
                 Some(&index) if self.changes[index].contact.map(|span| self.get(span)) == Some(contact) => Some(index),
@@ -193,24 +188,19 @@ impl Newest {
     }
 }
 
-/// FNV-1a, a hash function much cheaper than the standard library's
-/// SipHash for short keys. Keys here are contact ids and ids from the
-/// database, not chosen to collide.
+/// Hashes keys with FNV-1a (see `store::fnv1a`). The keys here are
+/// contact ids from the database, not chosen to collide.
 type Fnv = BuildHasherDefault<FnvHasher>;
 
 #[derive(Default)]
-struct FnvHasher(u64);
+struct FnvHasher(Option<u64>);
 
 impl Hasher for FnvHasher {
     fn finish(&self) -> u64 {
-        self.0
+        self.0.unwrap_or(store::FNV_OFFSET)
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for byte in bytes {
-            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
+        self.0 = Some(store::fnv1a(self.finish(), bytes));
     }
 }

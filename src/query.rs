@@ -7,7 +7,6 @@
 
 use std::io::{self, BufWriter, StdoutLock, Write};
 use std::path::Path;
-use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use anyhow::Context;
@@ -388,16 +387,13 @@ fn lead_status(args: LeadStatusArgs) -> anyhow::Result<()> {
 ///     FROM lead_status_history ORDER BY lead_id, changed_at, delivery_id
 /// read in one ordered pass over the covering index
 /// lead_status_changes_lead. Each change's previous status is the status
-/// of the row before it, where the view looks it up in the index for every
-/// row; on 1,000,000 deliveries that lookup was half of the view's time. A
-/// test compares the two. --since and --until pick rows after the previous
+/// of the row before it. The view looks it up in the index for every row,
+/// and on 1,000,000 deliveries that lookup was half of its time. A test
+/// compares the two. --since and --until pick rows after the previous
 /// status is known, so the first change in the window still shows it.
 fn lead_histories(connection: &Connection, window: &TimeWindow, limit: Option<i64>, common: &CommonArgs) -> anyhow::Result<()> {
     let database = &common.db.db;
-    let retries: HashSet<i64> = connection
-        .prepare("SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL")
-        .and_then(|mut statement| statement.query_map([], |row| row.get(0))?.collect())
-        .with_context(|| query_failed(database))?;
+    let retries = store::retry_ids(connection).with_context(|| query_failed(database))?;
     let mut statement = connection
         .prepare(
             "SELECT lead_id, dsid, status, received_at, delivery_id FROM lead_status_changes
@@ -445,8 +441,9 @@ fn lead_histories(connection: &Connection, window: &TimeWindow, limit: Option<i6
     Ok(())
 }
 
-/// A value kept past its row. Text that is not UTF-8 (written by another
-/// tool) gets U+FFFD in place of invalid bytes, as in every other report.
+/// Copies a value so that it outlives its row. Text that is not UTF-8
+/// (written by another tool) gets U+FFFD in place of invalid bytes, as in
+/// every other report.
 fn owned(value: ValueRef<'_>) -> Value {
     match value {
         ValueRef::Text(bytes) => Value::Text(String::from_utf8_lossy(bytes).into_owned()),
@@ -519,9 +516,10 @@ fn contact(args: ContactArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The condition that picks a contact's deliveries: their ids, read from
-/// each kind's table through its dsid index. `deliveries` has no index on
-/// dsid, because one with random keys would cost every insert a page write.
+/// Returns the condition that picks a contact's deliveries: their ids,
+/// read from each kind's table through its dsid index. `deliveries` has no
+/// index on dsid, because one with random keys would cost every insert a
+/// page write.
 fn contact_condition() -> &'static str {
     static CONDITION: OnceLock<String> = OnceLock::new();
     CONDITION.get_or_init(|| {

@@ -183,7 +183,7 @@ pub fn read_status(connection: &Connection, path: &Path, silence: chrono::Durati
 
 /// Counts the deliveries of one outcome other than 'stored' and finds the
 /// latest. `outcome` is one of those constants, written into the SQL so
-/// that SQLite can use the partial index deliveries_not_stored; with a
+/// that SQLite can use the partial index deliveries_not_stored. With a
 /// bound parameter it read the whole table.
 fn not_stored(connection: &Connection, outcome: &'static str) -> rusqlite::Result<NotStored> {
     let condition = format!("outcome = '{outcome}' AND outcome <> 'stored'");

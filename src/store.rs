@@ -1,7 +1,7 @@
 //! The SQLite store: opening a database with the settings every command
 //! relies on, applying `schema.sql`, and writing one delivery.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -264,6 +264,26 @@ impl Delivery {
     }
 }
 
+/// Returns the ids of the deliveries that are retries (have a duplicate_of),
+/// read through the small partial index deliveries_duplicates. Reports
+/// leave these out.
+pub fn retry_ids(connection: &Connection) -> rusqlite::Result<HashSet<i64>> {
+    connection
+        .prepare("SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL")?
+        .query_map([], |row| row.get(0))?
+        .collect()
+}
+
+/// Returns the 64-bit FNV-1a hash of `bytes`, continuing from `hash` (pass
+/// `FNV_OFFSET` to start). Much cheaper than SipHash for short keys that
+/// no one chooses to collide.
+pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The FNV-1a offset basis, the starting value of `fnv1a`.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// A delivery as written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Receipt {
@@ -351,11 +371,11 @@ fn insert_sql(kind: &Kind) -> String {
 /// same contact arrived in between: opt-out, opt-in, opt-out again is a
 /// contact changing their mind twice.
 ///
-/// An index on `body_sha256` would answer the lookup in SQL, but its keys
+/// An index on `body_sha256` would serve the lookup in SQL, but its keys
 /// are random, so each delivery wrote a page of its own into it, and
 /// profiling showed page writes bound the writer. Here a map from a 32-bit
 /// fingerprint (of the SHA-256 and the kind) to the newest delivery with it
-/// holds the window, 9 bytes a delivery, read at the first lookup through
+/// contains the window, 9 bytes a delivery, read at the first lookup through
 /// `deliveries_received` and kept up to date by `insert_delivery`. A hit is
 /// confirmed against the stored row, so a fingerprint that two bodies share
 /// never marks a delivery wrongly; the second body goes to a small map of
@@ -449,10 +469,7 @@ impl RecentBodies {
         prefix.copy_from_slice(&sha256[..8]);
         // FNV-1a of the kind, so that an opt-out and an opt-in with the same
         // body have different fingerprints.
-        let kind = kind.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
-        u64::from_le_bytes(prefix) ^ kind
+        u64::from_le_bytes(prefix) ^ fnv1a(FNV_OFFSET, kind.as_bytes())
     }
 
     /// Returns the delivery id whose low 32 bits are `low`: the greatest one
@@ -503,7 +520,8 @@ impl RecentBodies {
             .loaded_from
             .and_then(chrono::DateTime::from_timestamp_millis)
             .map(crate::time::format_utc);
-        // Through deliveries_received, and in its order: with ORDER BY id
+
+        // Through deliveries_received, in its order. With ORDER BY id,
         // SQLite read the whole table instead (a test checks the plan).
         let mut statement = connection.prepare_cached(LOAD_SQL)?;
         let mut rows = statement.query(params![since, until])?;
@@ -515,23 +533,25 @@ impl RecentBodies {
             let Ok(sha256) = <[u8; 32]>::try_from(sha256) else { continue };
             let key = Self::key(&sha256, &kind);
             self.newest_id = self.newest_id.max(id);
-            // The maps keep the newest id of a body, also when an older
-            // range is read after a newer one (an import going back in time).
+
             let owner = match owners.get(&(key as u32)) {
                 Some(&owner) => owner,
                 None => {
-                    // Read or written before this call, if at all.
+                    // The body the maps hold under this short fingerprint
+                    // from an earlier read or write, if any.
                     let owner = match self.newest_with(key as u32) {
-                        Some(kept) => key_of_delivery(connection, kept)?.unwrap_or(key),
+                        Some(newest) => key_of_delivery(connection, newest)?.unwrap_or(key),
                         None => key,
                     };
                     owners.insert(key as u32, owner);
                     owner
                 }
             };
+
+            // The maps keep the newest id of a body, also when an older
+            // range is read after a newer one (an import going back in time).
             if owner == key {
-                let kept = self.newest_with(key as u32);
-                if kept.is_none_or(|kept| kept < id) {
+                if self.newest_with(key as u32).is_none_or(|newest| newest < id) {
                     self.current.insert(key as u32, id as u32);
                 }
             } else {
@@ -539,6 +559,7 @@ impl RecentBodies {
                 *newest = (*newest).max(id);
             }
         }
+
         self.loaded_from = Some(since_ms);
         if self.current_from == i64::MIN {
             self.current_from = since_ms;
@@ -745,8 +766,8 @@ mod tests {
             recent.commit();
         }
 
-        let kept = recent.current.len() + recent.previous.len();
-        assert!(kept <= 2_100, "{kept} entries kept for a window of 1,000 deliveries");
+        let entries = recent.current.len() + recent.previous.len();
+        assert!(entries <= 2_100, "{entries} entries kept for a window of 1,000 deliveries");
         let late = crate::time::format_utc(start + chrono::Duration::milliseconds(10_000));
         let again = write(&mut connection, &mut recent, &[click("lnk-9990", &late), click("lnk-5", &late)]);
         assert_eq!(again[0].duplicate_of, Some(9_991));

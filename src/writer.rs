@@ -17,13 +17,13 @@
 //! the WAL without waiting for the disk, and the writer hands the batch to
 //! the syncer thread. The syncer calls fdatasync on the WAL file and only
 //! then wakes the batch's handlers, while the writer already commits the
-//! next batch. A 2xx answer therefore still means "the frames holding this
+//! next batch. A 2xx response therefore still means "the frames holding this
 //! delivery, commit record included, were on disk": on restart after a
 //! power loss SQLite replays every commit whose frames are intact.
 //!
-//! The rest of what FULL does is unchanged under NORMAL in WAL mode: SQLite
-//! syncs the WAL header when it starts the log over, and a checkpoint syncs
-//! the WAL before copying pages into the database file and syncs the file
+//! The rest of what FULL does is unchanged under NORMAL in WAL mode. SQLite
+//! syncs the WAL header when it starts the log over. A checkpoint syncs the
+//! WAL before copying pages into the database file, and syncs the file
 //! after. So frames overwritten by a restarted WAL were already in a synced
 //! database file. One fdatasync covers every batch committed before it
 //! started, so under load each call acknowledges several batches.
@@ -94,7 +94,7 @@ enum Message {
     Stop,
 }
 
-/// Where a handler waits for the result of its delivery.
+/// The channel on which a handler waits for the result of its delivery.
 type Reply = SyncSender<Result<Receipt, String>>;
 
 struct Job {
@@ -515,8 +515,8 @@ fn is_store_wide(cause: &rusqlite::Error) -> bool {
 }
 
 /// Commits `jobs` in one transaction. Returns the committed deliveries,
-/// which the syncer acknowledges once they are on disk, and answers the
-/// others 503 here. When the batch fails for a reason that may lie in one
+/// which the syncer acknowledges once they are on disk, and responds 503
+/// to the others here. When the batch fails for a reason that may lie in one
 /// delivery, each job is retried alone, so one delivery that cannot be
 /// written does not take the others down with it.
 fn write_jobs(
@@ -599,7 +599,8 @@ mod tests {
         (Job { delivery: delivery(body), reply }, answer)
     }
 
-    /// Answers committed deliveries as the syncer does after its fsync.
+    /// Sends each committed delivery its result, as the syncer does after
+    /// its fsync.
     fn acknowledge(committed: Vec<Committed>) {
         for entry in committed {
             entry.reply.send(Ok(entry.receipt)).unwrap();

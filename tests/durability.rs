@@ -2,8 +2,8 @@
 //! disk. `serve` commits with synchronous=NORMAL and syncs the WAL on a
 //! second thread (see src/writer.rs), so these tests load a small library
 //! into the real server with LD_PRELOAD (tests/support/sync_fault.c) that
-//! delays or fails fdatasync and fsync on the WAL file, and check what the
-//! sender sees.
+//! delays or fails fdatasync and fsync on the WAL file, and check the
+//! responses and exit status the sender and the service manager get.
 
 mod common;
 
@@ -28,18 +28,25 @@ fn build_fault_library(dir: &Path) -> PathBuf {
     library
 }
 
+/// Starts `serve` with the fault library loaded. Files created in the
+/// returned directory delay or fail its WAL syncs.
+fn start_with_faults() -> (tempfile::TempDir, Server) {
+    let faults = tempfile::tempdir().expect("create temp dir");
+    let library = build_fault_library(faults.path());
+    let server = Server::start_with_env(
+        &[],
+        &[("LD_PRELOAD", library.as_os_str()), ("SYNC_FAULT_DIR", faults.path().as_os_str())],
+    );
+    (faults, server)
+}
+
 fn opt_out(n: usize) -> String {
     format!(r#"{{"dsid":"sync-{n}","email":"sync{n}@example.com"}}"#)
 }
 
 #[test]
 fn acknowledgement_waits_for_wal_sync() {
-    let faults = tempfile::tempdir().expect("create temp dir");
-    let library = build_fault_library(faults.path());
-    let mut server = Server::start_with_env(
-        &[],
-        &[("LD_PRELOAD", library.as_os_str()), ("SYNC_FAULT_DIR", faults.path().as_os_str())],
-    );
+    let (faults, mut server) = start_with_faults();
 
     let first = server.post("/hooks/email-opt-out", opt_out(1).as_bytes());
     assert_eq!(first.status, 200, "{}", first.body);
@@ -89,12 +96,7 @@ fn acknowledgement_waits_for_wal_sync() {
 /// written after the failed header.
 #[test]
 fn failed_header_sync_stops_serve() {
-    let faults = tempfile::tempdir().expect("create temp dir");
-    let library = build_fault_library(faults.path());
-    let mut server = Server::start_with_env(
-        &[],
-        &[("LD_PRELOAD", library.as_os_str()), ("SYNC_FAULT_DIR", faults.path().as_os_str())],
-    );
+    let (faults, mut server) = start_with_faults();
     let first = server.post("/hooks/email-opt-out", opt_out(1).as_bytes());
     assert_eq!(first.status, 200, "{}", first.body);
     // Time for the checkpointer to copy the WAL into the database file.
