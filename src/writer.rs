@@ -2,8 +2,8 @@
 //! deliveries in groups, and a second thread that makes those commits
 //! durable before their handlers respond.
 //!
-//! Request handlers parse a delivery, hand it over with `WriterHandle::write`
-//! and wait. The writer takes every delivery waiting at that moment (up to
+//! Request handlers parse a delivery and hand it over with
+//! `WriterHandle::submit`, with the reply to call once it is on disk. The writer takes every delivery waiting at that moment (up to
 //! `max_batch`), writes them in one IMMEDIATE transaction and commits. One
 //! fsync thus covers many deliveries, yet a lone delivery on an idle server
 //! is written at once, never held back waiting for company.
@@ -49,8 +49,8 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -82,8 +82,6 @@ pub struct WriterConfig {
     pub max_batch: usize,
     /// How far back an identical body makes a delivery a duplicate, in ms.
     pub duplicate_window_ms: i64,
-    /// Maximum time a handler waits for its commit before responding 503.
-    pub reply_timeout: Duration,
 }
 
 /// Receives the size of every committed batch, for metrics.
@@ -94,8 +92,10 @@ enum Message {
     Stop,
 }
 
-/// The channel on which a handler waits for the result of its delivery.
-type Reply = SyncSender<Result<Receipt, String>>;
+/// What to do with the result of a delivery: called once, on the writer's
+/// or the syncer's thread, with its receipt once it is on disk, or with the
+/// reason it must not be acknowledged.
+pub type Reply = Box<dyn FnOnce(Result<Receipt, String>) + Send>;
 
 struct Job {
     delivery: Delivery,
@@ -105,8 +105,7 @@ struct Job {
 /// The sending side, cloned into every request handler.
 #[derive(Clone)]
 pub struct WriterHandle {
-    sender: SyncSender<Message>,
-    reply_timeout: Duration,
+    sender: Sender<Message>,
     failure: Arc<Mutex<Option<String>>>,
 }
 
@@ -120,21 +119,13 @@ impl WriterHandle {
         }
     }
 
-    /// Writes a delivery and returns once it is committed. An `Err` is the
-    /// one-line reason it was not: the delivery must not be acknowledged.
-    pub fn write(&self, delivery: Delivery) -> Result<Receipt, String> {
-        let (reply, answer) = mpsc::sync_channel(1);
+    /// Queues a delivery for the writer, which calls `reply` once it is
+    /// committed and on disk, or failed. An `Err` is the reason it could not
+    /// be queued; `reply` is not called then.
+    pub fn submit(&self, delivery: Delivery, reply: Reply) -> Result<(), String> {
         self.sender
             .send(Message::Write(Job { delivery, reply }))
-            .map_err(|_| "store unavailable: the writer has stopped".to_string())?;
-        match answer.recv_timeout(self.reply_timeout) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout) => Err(format!(
-                "store unavailable: the write was not committed within {} s",
-                self.reply_timeout.as_secs()
-            )),
-            Err(RecvTimeoutError::Disconnected) => Err("store unavailable: the writer has stopped".to_string()),
-        }
+            .map_err(|_| "store unavailable: the writer has stopped".to_string())
     }
 }
 
@@ -146,7 +137,11 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer, syncer and checkpointer threads on `connection`.
-    pub fn start(connection: Connection, config: WriterConfig, observer: BatchObserver) -> anyhow::Result<Writer> {
+    pub fn start(
+        connection: Connection,
+        config: WriterConfig,
+        observer: BatchObserver,
+    ) -> anyhow::Result<Writer> {
         // See the module comment: the syncer thread makes each commit
         // durable before it is acknowledged.
         connection.execute_batch(&format!(
@@ -156,11 +151,15 @@ impl Writer {
         let checkpoints = store::open_existing(wal.database())?;
         // A checkpoint copies pages through a buffer of its own, not the cache.
         checkpoints.execute_batch("PRAGMA cache_size = -256")?;
-        // Bounded so that a stalled disk pushes back on handlers instead of
-        // queueing without limit.
-        let (sender, receiver) = mpsc::sync_channel(config.max_batch * 4);
+        // Not bounded here: a connection waits for the answer to its
+        // delivery before it sends the next, so the connection limit
+        // bounds the queue.
+        let (sender, receiver) = mpsc::channel();
         let failure = Arc::new(Mutex::new(None));
-        let handle = WriterHandle { sender, reply_timeout: config.reply_timeout, failure: Arc::clone(&failure) };
+        let handle = WriterHandle {
+            sender,
+            failure: Arc::clone(&failure),
+        };
 
         let (kick, kicks) = mpsc::sync_channel(1);
         // Set by the checkpointer when the writer should start the WAL over.
@@ -176,21 +175,33 @@ impl Writer {
             .name("syncer".to_string())
             .spawn(move || sync_loop(wal, syncer_inbox, syncer_failure, kick))?;
 
-        let thread = thread::Builder::new().name("writer".to_string()).spawn(move || {
-            let outage = Outage { failure, ..Outage::default() };
-            let helpers = Helpers { to_syncer, threads: [syncer, checkpointer], restart };
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(connection, receiver, helpers, config, observer, outage)
-            }));
-            if result.is_err() {
-                // Without the writer every delivery would get 503 while the
-                // process looks alive; exiting lets the service manager
-                // restart it. Unanswered deliveries are retried by DailyStory.
-                error!("the writer thread panicked; exiting so that dsevents is restarted");
-                std::process::exit(70);
-            }
-        })?;
-        Ok(Writer { handle, thread: Some(thread) })
+        let thread = thread::Builder::new()
+            .name("writer".to_string())
+            .spawn(move || {
+                let outage = Outage {
+                    failure,
+                    ..Outage::default()
+                };
+                let helpers = Helpers {
+                    to_syncer,
+                    threads: [syncer, checkpointer],
+                    restart,
+                };
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(connection, receiver, helpers, config, observer, outage)
+                }));
+                if result.is_err() {
+                    // Without the writer every delivery would get 503 while the
+                    // process looks alive; exiting lets the service manager
+                    // restart it. Unanswered deliveries are retried by DailyStory.
+                    error!("the writer thread panicked; exiting so that dsevents is restarted");
+                    std::process::exit(70);
+                }
+            })?;
+        Ok(Writer {
+            handle,
+            thread: Some(thread),
+        })
     }
 
     pub fn handle(&self) -> WriterHandle {
@@ -271,19 +282,29 @@ fn run(
 
     // Deliveries queued behind the stop message still get written.
     while let Ok(Message::Write(job)) = receiver.try_recv() {
-        let committed = write_jobs(&mut connection, vec![job], &mut recent, &observer, &mut outage);
+        let committed = write_jobs(
+            &mut connection,
+            vec![job],
+            &mut recent,
+            &observer,
+            &mut outage,
+        );
         hand_over(&helpers.to_syncer, committed);
     }
     // The syncer responds to what it has and ends once its inbox closes.
     // The checkpointer ends with it.
-    let Helpers { to_syncer, threads, .. } = helpers;
+    let Helpers {
+        to_syncer, threads, ..
+    } = helpers;
     drop(to_syncer);
     for helper in threads {
         if helper.join().is_err() {
             error!("a thread of the writer panicked");
         }
     }
-    match connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0)) {
+    match connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        row.get::<_, i64>(0)
+    }) {
         Ok(0) => info!("checkpointed the WAL into the database file"),
         Ok(_) => warn!("WAL checkpoint incomplete: a reader still holds it"),
         Err(cause) => warn!("WAL checkpoint failed: {cause}"),
@@ -298,7 +319,9 @@ fn hand_over(to_syncer: &Sender<Vec<Committed>>, committed: Vec<Committed>) {
         // Only if the syncer thread panicked. Not known to be on disk, so
         // not acknowledged; DailyStory retries.
         for entry in unsynced {
-            let _ = entry.reply.send(Err("store unavailable: the WAL could not be synced".to_string()));
+            (entry.reply)(Err(
+                "store unavailable: the WAL could not be synced".to_string()
+            ));
         }
     }
 }
@@ -317,7 +340,11 @@ impl WalFile {
         let Some(database) = connection.path().filter(|path| !path.is_empty()) else {
             anyhow::bail!("the writer needs a database file, not an in-memory database");
         };
-        Ok(WalFile { database: PathBuf::from(database), path: PathBuf::from(format!("{database}-wal")), open: None })
+        Ok(WalFile {
+            database: PathBuf::from(database),
+            path: PathBuf::from(format!("{database}-wal")),
+            open: None,
+        })
     }
 
     /// Returns the database file the WAL belongs to.
@@ -363,7 +390,11 @@ fn checkpoint_loop(
         let started = Instant::now();
         // busy, pages in the WAL, pages copied into the database file
         let result = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
         });
         match result {
             Ok((busy, pages, copied)) => {
@@ -376,7 +407,9 @@ fn checkpoint_loop(
                 }
             }
             Err(cause) if is_failed_sync(&cause) => {
-                let reason = format!("store unavailable: a checkpoint could not sync the database to disk: {cause}");
+                let reason = format!(
+                    "store unavailable: a checkpoint could not sync the database to disk: {cause}"
+                );
                 stop_after_failed_sync(reason, Vec::new(), &failure);
             }
             Err(cause) => {
@@ -403,12 +436,18 @@ fn sync_loop(
             committed.extend(more);
         }
         if let Err(cause) = wal.sync() {
-            let reason = format!("store unavailable: cannot sync {} to disk: {cause}", wal.path.display());
-            stop_after_failed_sync(reason, committed.into_iter().map(|entry| entry.reply).collect(), &failure);
+            let reason = format!(
+                "store unavailable: cannot sync {} to disk: {cause}",
+                wal.path.display()
+            );
+            stop_after_failed_sync(
+                reason,
+                committed.into_iter().map(|entry| entry.reply).collect(),
+                &failure,
+            );
         }
         for entry in committed {
-            // The handler may have timed out and left.
-            let _ = entry.reply.send(Ok(entry.receipt));
+            (entry.reply)(Ok(entry.receipt));
         }
         // Full when the checkpointer has a request pending already.
         let _ = checkpointer.try_send(());
@@ -425,11 +464,15 @@ const EXIT_SYNC_FAILED: i32 = 74;
 /// the disk holds, and DailyStory retries every delivery that got no 2xx,
 /// including those that arrive in the moments before the exit and get no
 /// response at all.
-fn stop_after_failed_sync(reason: String, replies: Vec<Reply>, failure: &Mutex<Option<String>>) -> ! {
+fn stop_after_failed_sync(
+    reason: String,
+    replies: Vec<Reply>,
+    failure: &Mutex<Option<String>>,
+) -> ! {
     set_failure(failure, Some(reason.clone()));
     error!("{reason}; exiting with status {EXIT_SYNC_FAILED}, because later syncs of this file cannot be trusted");
     for reply in replies {
-        let _ = reply.send(Err(reason.clone()));
+        reply(Err(reason.clone()));
     }
     // Time for the handlers to send those 503 responses.
     thread::sleep(Duration::from_millis(200));
@@ -477,7 +520,10 @@ impl Outage {
 
     fn record_success(&mut self) {
         if self.refused > 0 {
-            info!("writes succeed again after {} deliveries got a 503 response", self.refused);
+            info!(
+                "writes succeed again after {} deliveries got a 503 response",
+                self.refused
+            );
             self.refused = 0;
             set_failure(&self.failure, None);
         }
@@ -531,10 +577,19 @@ fn write_jobs(
         Ok(receipts) => {
             outage.record_success();
             observer(jobs.len());
-            jobs.into_iter().zip(receipts).map(|(job, receipt)| Committed { reply: job.reply, receipt }).collect()
+            jobs.into_iter()
+                .zip(receipts)
+                .map(|(job, receipt)| Committed {
+                    reply: job.reply,
+                    receipt,
+                })
+                .collect()
         }
         Err(cause) if jobs.len() > 1 && !is_store_wide(&cause) => {
-            warn!("batch of {} deliveries failed, retrying one by one: {cause}", jobs.len());
+            warn!(
+                "batch of {} deliveries failed, retrying one by one: {cause}",
+                jobs.len()
+            );
             let mut committed = Vec::with_capacity(jobs.len());
             for job in jobs {
                 committed.extend(write_jobs(connection, vec![job], recent, observer, outage));
@@ -542,21 +597,29 @@ fn write_jobs(
             committed
         }
         Err(cause) if is_failed_sync(&cause) => {
-            let reason = format!("store unavailable: SQLite could not sync the database to disk: {cause}");
-            stop_after_failed_sync(reason, jobs.into_iter().map(|job| job.reply).collect(), &outage.failure);
+            let reason =
+                format!("store unavailable: SQLite could not sync the database to disk: {cause}");
+            stop_after_failed_sync(
+                reason,
+                jobs.into_iter().map(|job| job.reply).collect(),
+                &outage.failure,
+            );
         }
         Err(cause) => {
             for job in jobs {
                 outage.record_failure(&job.delivery, &cause);
-                // The handler may have timed out and left; nothing to tell it.
-                let _ = job.reply.send(Err(format!("store unavailable: {cause}")));
+                (job.reply)(Err(format!("store unavailable: {cause}")));
             }
             Vec::new()
         }
     }
 }
 
-fn commit(connection: &mut Connection, deliveries: &[&Delivery], recent: &mut RecentBodies) -> rusqlite::Result<Vec<Receipt>> {
+fn commit(
+    connection: &mut Connection,
+    deliveries: &[&Delivery],
+    recent: &mut RecentBodies,
+) -> rusqlite::Result<Vec<Receipt>> {
     let result = (|| {
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut receipts = Vec::with_capacity(deliveries.len());
@@ -590,27 +653,42 @@ mod tests {
     }
 
     fn delivery(body: &str) -> Delivery {
-        Delivery::new("link-clicked", body.as_bytes().to_vec(), None, crate::time::now_text())
+        Delivery::new(
+            "link-clicked",
+            body.as_bytes().to_vec(),
+            None,
+            crate::time::now_text(),
+        )
     }
 
     /// Builds a job and the receiver of its reply.
     fn job(body: &str) -> (Job, Receiver<Result<Receipt, String>>) {
         let (reply, answer) = mpsc::sync_channel(1);
-        (Job { delivery: delivery(body), reply }, answer)
+        let reply: Reply = Box::new(move |result| reply.send(result).unwrap());
+        (
+            Job {
+                delivery: delivery(body),
+                reply,
+            },
+            answer,
+        )
     }
 
     /// Sends each committed delivery its result, as the syncer does after
     /// its fsync.
     fn acknowledge(committed: Vec<Committed>) {
         for entry in committed {
-            entry.reply.send(Ok(entry.receipt)).unwrap();
+            (entry.reply)(Ok(entry.receipt));
         }
     }
 
     fn recorder() -> (Arc<Mutex<Vec<usize>>>, BatchObserver) {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let recorded = Arc::clone(&sizes);
-        (sizes, Box::new(move |size| recorded.lock().unwrap().push(size)))
+        (
+            sizes,
+            Box::new(move |size| recorded.lock().unwrap().push(size)),
+        )
     }
 
     fn committed_bodies(reader: &Connection) -> Vec<String> {
@@ -627,11 +705,22 @@ mod tests {
     fn batch_commits_together() {
         let (_dir, mut writer, reader) = database();
         let (sizes, observer) = recorder();
-        let (jobs, answers): (Vec<_>, Vec<_>) = (0..5).map(|n| job(&format!(r#"{{"id":"lnk-{n}"}}"#))).unzip();
+        let (jobs, answers): (Vec<_>, Vec<_>) = (0..5)
+            .map(|n| job(&format!(r#"{{"id":"lnk-{n}"}}"#)))
+            .unzip();
 
-        acknowledge(write_jobs(&mut writer, jobs, &mut RecentBodies::new(0), &observer, &mut Outage::default()));
+        acknowledge(write_jobs(
+            &mut writer,
+            jobs,
+            &mut RecentBodies::new(0),
+            &observer,
+            &mut Outage::default(),
+        ));
 
-        let ids: Vec<i64> = answers.iter().map(|answer| answer.try_recv().unwrap().unwrap().id).collect();
+        let ids: Vec<i64> = answers
+            .iter()
+            .map(|answer| answer.try_recv().unwrap().unwrap().id)
+            .collect();
         assert_eq!(ids, vec![1, 2, 3, 4, 5]);
         assert_eq!(*sizes.lock().unwrap(), vec![5]);
         assert_eq!(committed_bodies(&reader).len(), 5);
@@ -650,12 +739,26 @@ mod tests {
             )
             .unwrap();
         let (sizes, observer) = recorder();
-        let bodies = [r#"{"id":"a"}"#, r#"{"id":"reject-me-1"}"#, r#"{"id":"b"}"#, r#"{"id":"reject-me-2"}"#];
+        let bodies = [
+            r#"{"id":"a"}"#,
+            r#"{"id":"reject-me-1"}"#,
+            r#"{"id":"b"}"#,
+            r#"{"id":"reject-me-2"}"#,
+        ];
         let (jobs, answers): (Vec<_>, Vec<_>) = bodies.iter().map(|body| job(body)).unzip();
 
-        acknowledge(write_jobs(&mut writer, jobs, &mut RecentBodies::new(0), &observer, &mut Outage::default()));
+        acknowledge(write_jobs(
+            &mut writer,
+            jobs,
+            &mut RecentBodies::new(0),
+            &observer,
+            &mut Outage::default(),
+        ));
 
-        let results: Vec<Result<Receipt, String>> = answers.iter().map(|answer| answer.try_recv().unwrap()).collect();
+        let results: Vec<Result<Receipt, String>> = answers
+            .iter()
+            .map(|answer| answer.try_recv().unwrap())
+            .collect();
         assert!(results[0].is_ok(), "{:?}", results[0]);
         assert!(results[2].is_ok(), "{:?}", results[2]);
         for failed in [&results[1], &results[3]] {
@@ -674,13 +777,23 @@ mod tests {
         let (_dir, mut writer, reader) = database();
         // SQLite returns SQLITE_FULL as soon as the file would need a page
         // beyond this limit, as it does when the disk is full.
-        let pages: i64 = writer.query_row("PRAGMA page_count", [], |row| row.get(0)).unwrap();
-        writer.execute_batch(&format!("PRAGMA max_page_count = {pages}")).unwrap();
+        let pages: i64 = writer
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .unwrap();
+        writer
+            .execute_batch(&format!("PRAGMA max_page_count = {pages}"))
+            .unwrap();
         let (sizes, observer) = recorder();
         let large = format!(r#"{{"id":"lnk-1","padding":"{}"}}"#, "x".repeat(20_000));
         let (jobs, answers): (Vec<_>, Vec<_>) = (0..3).map(|_| job(&large)).unzip();
 
-        let committed = write_jobs(&mut writer, jobs, &mut RecentBodies::new(0), &observer, &mut Outage::default());
+        let committed = write_jobs(
+            &mut writer,
+            jobs,
+            &mut RecentBodies::new(0),
+            &observer,
+            &mut Outage::default(),
+        );
 
         assert!(committed.is_empty());
         for answer in &answers {
@@ -698,15 +811,37 @@ mod tests {
     fn lone_delivery_committed_alone() {
         let (_dir, writer, reader) = database();
         let (sizes, observer) = recorder();
-        let config = WriterConfig { max_batch: 64, duplicate_window_ms: 0, reply_timeout: Duration::from_secs(10) };
+        let config = WriterConfig {
+            max_batch: 64,
+            duplicate_window_ms: 0,
+        };
         let running = Writer::start(writer, config, observer).unwrap();
         let handle = running.handle();
 
         for n in 0..3 {
-            let receipt = handle.write(delivery(&format!(r#"{{"id":"lnk-{n}"}}"#))).unwrap();
-            let visible: i64 =
-                reader.query_row("SELECT count(*) FROM deliveries WHERE id = ?1", [receipt.id], |row| row.get(0)).unwrap();
-            assert_eq!(visible, 1, "delivery {} acknowledged before it was visible", receipt.id);
+            let (reply, answer) = mpsc::sync_channel(1);
+            handle
+                .submit(
+                    delivery(&format!(r#"{{"id":"lnk-{n}"}}"#)),
+                    Box::new(move |result| reply.send(result).unwrap()),
+                )
+                .unwrap();
+            let receipt = answer
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap()
+                .unwrap();
+            let visible: i64 = reader
+                .query_row(
+                    "SELECT count(*) FROM deliveries WHERE id = ?1",
+                    [receipt.id],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            assert_eq!(
+                visible, 1,
+                "delivery {} acknowledged before it was visible",
+                receipt.id
+            );
         }
         running.stop();
         assert_eq!(*sizes.lock().unwrap(), vec![1, 1, 1]);
