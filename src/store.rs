@@ -185,18 +185,18 @@ fn prepare_connection(
     // Checkpoint policy: a checkpoint copies the WAL into the database
     // file, and the next write after a complete one starts the WAL over
     // from its beginning. `serve` checkpoints on a thread of its own while
-    // it writes, and starts the WAL over at about 4000 pages, 16 MB, or at
-    // 6000 if background checkpoints fall behind (see `writer`). Other
+    // it writes, and starts the WAL over at about 16000 pages, 64 MiB, or
+    // at 20000 if background checkpoints fall behind (see `writer`). Other
     // commands leave it to SQLite's automatic checkpoint at 1000 pages. A
     // reader holding a transaction open keeps checkpoints from completing,
     // so the WAL grows while it lasts. Once it ends, the next checkpoint
     // completes and the restarted WAL is truncated to journal_size_limit.
-    // That limit, 32 MiB, is above the WAL's size under load, so the file
+    // That limit, 96 MiB, is above the WAL's size under load, so the file
     // shrinks back after a long reader but is not truncated in normal use.
     // `serve` also checkpoints with TRUNCATE when it stops.
     connection.execute_batch(
         "PRAGMA synchronous = FULL;
-         PRAGMA journal_size_limit = 33554432;
+         PRAGMA journal_size_limit = 100663296;
          PRAGMA foreign_keys = ON;",
     )?;
     migrate(connection, path)

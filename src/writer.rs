@@ -45,6 +45,12 @@
 //! committed since, and lets the WAL start over. The automatic checkpoint
 //! stays as a bound at `WAL_LIMIT_PAGES`, should background checkpoints
 //! fall behind.
+//!
+//! Every request waits while the writer checkpoints, and the time goes
+//! into the two syncs of a checkpoint, not into copying: under load a
+//! checkpoint of 30 pages took as long as one of 1700, from 2 to 20 ms.
+//! So the WAL starts over rarely, at 64 MiB, and the checkpointer first
+//! repeats its pass until little is left for the writer.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -63,14 +69,25 @@ use crate::store::{self, Delivery, Receipt, RecentBodies};
 /// WAL pages from which the WAL is started over. Once a background
 /// checkpoint has copied this many, the writer completes the checkpoint
 /// itself, copying only the pages committed meanwhile. Its next transaction
-/// then writes from the beginning of the WAL. About 16 MB with 4 KiB pages.
-const WAL_RESTART_PAGES: i64 = 4000;
+/// then writes from the beginning of the WAL. 64 MiB with 4 KiB pages:
+/// at 4000 pages, the writer's checkpoints made the slowest 1% of
+/// responses 2 to 4 ms slower (BENCHMARKS.md).
+const WAL_RESTART_PAGES: i64 = 16000;
 
 /// WAL pages at which SQLite's automatic checkpoint runs on the writer,
 /// after the commit that reaches them, copying whatever the background
 /// checkpoints have not. It is reached only when they fall behind. About
-/// 25 MB, below journal_size_limit.
-const WAL_LIMIT_PAGES: i64 = 6000;
+/// 80 MiB, below journal_size_limit.
+const WAL_LIMIT_PAGES: i64 = 20000;
+
+/// Pages a background checkpoint pass may find to copy and still be the
+/// last before the writer's: the writer then copies about as many, in a
+/// few milliseconds, while every request waits. 1 MiB with 4 KiB pages.
+const RESTART_BACKLOG_PAGES: i64 = 256;
+
+/// Most background checkpoint passes in a row before the writer's, should
+/// commits outpace them.
+const CATCH_UP_PASSES: u32 = 8;
 
 /// Shortest time between two background checkpoints.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(40);
@@ -377,8 +394,13 @@ fn open_for_sync(path: &Path) -> std::io::Result<(File, u64, u64)> {
 /// Runs the checkpointer thread. After the syncer's fsyncs, at most once
 /// per `CHECKPOINT_INTERVAL`, it copies the WAL into the database file with
 /// a PASSIVE checkpoint on a connection of its own, while the writer goes
-/// on committing. Once it has copied `WAL_RESTART_PAGES`, it sets `restart`
-/// for the writer.
+/// on committing.
+///
+/// Once the WAL holds `WAL_RESTART_PAGES`, it repeats the checkpoint at
+/// once, each pass copying only what was committed during the one before,
+/// until a pass has at most `RESTART_BACKLOG_PAGES` to copy. Then it sets
+/// `restart`, and the writer's own checkpoint has about as few pages left:
+/// every request waits while the writer copies them.
 fn checkpoint_loop(
     connection: Connection,
     kicks: Receiver<()>,
@@ -386,7 +408,13 @@ fn checkpoint_loop(
     failure: Arc<Mutex<Option<String>>>,
 ) {
     let mut failing = false;
-    while kicks.recv().is_ok() {
+    // While catching up: WAL pages at the end of the previous pass, and the
+    // number of passes so far.
+    let mut catching_up: Option<(i64, u32)> = None;
+    loop {
+        if catching_up.is_none() && kicks.recv().is_err() {
+            return;
+        }
         let started = Instant::now();
         // busy, pages in the WAL, pages copied into the database file
         let result = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
@@ -402,8 +430,20 @@ fn checkpoint_loop(
                     info!("background checkpoints succeed again");
                     failing = false;
                 }
-                if busy == 0 && pages >= WAL_RESTART_PAGES && copied == pages {
-                    restart.store(true, Ordering::Relaxed);
+                let complete = busy == 0 && copied == pages;
+                catching_up = match catching_up {
+                    _ if !complete || pages < WAL_RESTART_PAGES => None,
+                    Some((before, passes))
+                        if pages - before <= RESTART_BACKLOG_PAGES || passes >= CATCH_UP_PASSES =>
+                    {
+                        restart.store(true, Ordering::Relaxed);
+                        None
+                    }
+                    Some((_, passes)) => Some((pages, passes + 1)),
+                    None => Some((pages, 1)),
+                };
+                if catching_up.is_some() {
+                    continue;
                 }
             }
             Err(cause) if is_failed_sync(&cause) => {
@@ -413,6 +453,7 @@ fn checkpoint_loop(
                 stop_after_failed_sync(reason, Vec::new(), &failure);
             }
             Err(cause) => {
+                catching_up = None;
                 if !failing {
                     warn!("background checkpoint failed, the writer checkpoints alone: {cause}");
                     failing = true;

@@ -1127,12 +1127,12 @@ fn head_response_has_no_body() {
 }
 
 /// The `PRAGMA journal_size_limit` that serve sets, in bytes.
-const JOURNAL_SIZE_LIMIT: u64 = 32 * 1024 * 1024;
+const JOURNAL_SIZE_LIMIT: u64 = 96 * 1024 * 1024;
 
 #[test]
 fn long_reader_keeps_ingest_and_wal_bounded() {
     const CLIENTS: usize = 4;
-    const PER_CLIENT: usize = 150;
+    const PER_CLIENT: usize = 300;
     let server = Arc::new(Server::start(&[]));
     let wal = PathBuf::from(format!("{}-wal", server.db.display()));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -1144,7 +1144,7 @@ fn long_reader_keeps_ingest_and_wal_bounded() {
                 let server = Arc::clone(&server);
                 let failures = Arc::clone(&failures);
                 thread::spawn(move || {
-                    let padding = "p".repeat(30_000);
+                    let padding = "p".repeat(40_000);
                     for index in 0..PER_CLIENT {
                         let reply = server.post(
                             "/hooks/email-bounced",
