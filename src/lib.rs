@@ -3,14 +3,14 @@
 //!
 //! The path of a delivery:
 //!
-//! 1. `http` reads the request from the socket with bounded size and time,
-//!    and rejects bad framing.
+//! 1. `http` reads requests from every socket on one event-loop thread,
+//!    with bounded size and time, and rejects bad framing.
 //! 2. `server` routes it, checks the token and body size, and builds a
 //!    `store::Delivery`, which runs `normalize` on the body for the kind
 //!    named in the URL (`catalog` lists every kind, its table and fields).
 //! 3. `writer` commits waiting deliveries together in one transaction
 //!    (group commit) through `store`, syncs the WAL on a second thread,
-//!    and only then lets each handler respond.
+//!    and only then answers each request through its `http::Later`.
 //!
 //! Beside that path, `metrics` counts deliveries and requests for
 //! `GET /metrics`, and `logging` sets up the log and throttles repeated

@@ -135,11 +135,10 @@ fn parse_window(text: &str) -> Result<chrono::Duration, String> {
     crate::time::parse_duration(text)
 }
 
-/// Runs `serve` until SIGTERM or SIGINT.
 /// Caps glibc's malloc at two arenas. By default it gives busy threads
 /// arenas of their own, up to eight per core, and each keeps the memory its
-/// threads freed. With one thread per connection that was about 2 MB of the
-/// server's resident memory under load, for no measurable speed.
+/// threads freed. When serve ran a thread per connection, that was about
+/// 2 MB of its resident memory under load, for no measurable speed.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -156,6 +155,7 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Runs `serve` until SIGTERM or SIGINT.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.token.is_none() && !args.listen.ip().is_loopback() && !args.allow_unauthenticated {
         return Err(UsageError(format!(
