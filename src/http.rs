@@ -431,7 +431,12 @@ impl ChunkedBody {
                         usize::from_str_radix(size_text, 16).map_err(|_| body_too_large(limits))?;
                     if size == 0 {
                         self.phase = ChunkPhase::Trailer;
-                    } else if self.body.len() + size > limits.max_body {
+                    } else if self
+                        .body
+                        .len()
+                        .checked_add(size)
+                        .is_none_or(|total| total > limits.max_body)
+                    {
                         return Err(body_too_large(limits));
                     } else {
                         self.phase = ChunkPhase::Data(size);

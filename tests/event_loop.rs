@@ -73,7 +73,6 @@ fn resident_kib(pid: u32) -> u64 {
 /// build wrapped the sum to a small number, passed the limit check, and
 /// buffered every following byte in memory until the body timeout.
 #[test]
-#[ignore = "chunk size overflow panics the debug server; fixed in the next commit"]
 fn chunk_size_overflow_is_413() {
     let server = Server::start(&["--max-body", "1KiB"]);
     let mut stream = server.connect();
@@ -225,14 +224,19 @@ fn shutdown_stores_every_acknowledged_pipelined_delivery() {
         .map(|output| output.matches("HTTP/1.1 200 ").count())
         .sum();
     assert_eq!(acknowledged.len(), acknowledged_responses);
-    assert!(!acknowledged.is_empty(), "no delivery acknowledged before SIGTERM");
+    assert!(
+        !acknowledged.is_empty(),
+        "no delivery acknowledged before SIGTERM"
+    );
 
     let db = server.db();
     for id in &acknowledged {
         let stored: i64 = db
-            .query_row("SELECT count(*) FROM deliveries WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM deliveries WHERE id = ?1",
+                [id],
+                |row| row.get(0),
+            )
             .expect("count deliveries");
         assert_eq!(stored, 1, "delivery {id} got 200 but is not stored");
     }
@@ -276,7 +280,10 @@ fn closed_while_committing_frees_slot() {
         let stored = wait_for(Duration::from_secs(10), || {
             server.count("SELECT count(*) FROM deliveries") == index + 2
         });
-        assert!(stored, "delivery {index} not stored after its client closed");
+        assert!(
+            stored,
+            "delivery {index} not stored after its client closed"
+        );
         // The socket closes once the delivery is synced and answered.
         let closed = wait_for(Duration::from_secs(10), || {
             open_descriptors(server.pid()) == idle_descriptors
