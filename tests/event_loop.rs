@@ -97,7 +97,6 @@ fn chunk_size_overflow_is_413() {
 /// unless the response contains `Connection: keep-alive`. The server kept
 /// such connections open without sending that header.
 #[test]
-#[ignore = "HTTP/1.0 keep-alive is not confirmed; fixed in a later commit"]
 fn http10_keep_alive_is_confirmed() {
     let server = Server::start(&[]);
     let mut stream = server.connect();

@@ -704,6 +704,11 @@ impl EventLoop<'_> {
         if head.is_some_and(Head::wants_close) || self.shutting_down {
             response.close = true;
         }
+        // An HTTP/1.0 client expects the connection to close after the
+        // response unless the response confirms keep-alive.
+        if !response.close && head.is_some_and(|head| head.minor_version == 0) {
+            response = response.with_header("Connection", "keep-alive");
+        }
         self.handler
             .record(head, response.status, body_bytes, arrived.elapsed());
         // A response to HEAD carries the headers of the GET response and no body.
