@@ -431,7 +431,7 @@ impl Handler for App {
                 "unavailable"
             };
             metrics.delivery(&slug, counted_as, chrono::Utc::now().timestamp_millis());
-            later.answer(answer(result, &slug, outcome, reason, stored));
+            later.answer(delivery_response(result, &slug, outcome, reason, stored));
         });
         match self.writer.submit(delivery, reply) {
             Ok(()) => None,
@@ -463,8 +463,8 @@ impl Handler for App {
     }
 }
 
-/// The response to a delivery once the writer has its result.
-fn answer(
+/// Builds the response to a delivery from the writer's result.
+fn delivery_response(
     result: Result<store::Receipt, String>,
     slug: &str,
     outcome: &str,

@@ -33,7 +33,7 @@ use super::{
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
-/// Longest wait for events: deadlines and the shutdown flag are checked
+/// Maximum wait for events: deadlines and the shutdown flag are checked
 /// at least this often.
 const TICK: Duration = Duration::from_millis(100);
 /// Bytes taken from a socket by one read.
@@ -117,7 +117,7 @@ impl Drop for Later {
     }
 }
 
-/// Where a connection is in its current request.
+/// The stage of a connection's current request.
 enum State {
     /// Between requests, before the first byte of the next one.
     Idle,
@@ -169,7 +169,7 @@ struct Connection {
     deadline: Instant,
 }
 
-/// What a connection's request needs next.
+/// The next thing a connection's request needs.
 enum Step {
     /// More bytes from the socket.
     Bytes,
@@ -311,8 +311,8 @@ pub fn serve(
     Ok(())
 }
 
-/// Connects to the listener at `address`, so that the loop sees the flag
-/// set before it started waiting at once instead of a tick later.
+/// Connects to the listener at `address` to wake the event loop, so that
+/// it sees the shutdown flag at once rather than at its next tick.
 pub fn wake_listener(address: SocketAddr) {
     let mut target = address;
     if target.ip().is_unspecified() {
@@ -472,8 +472,8 @@ impl EventLoop<'_> {
                 // complete request to respond to.
                 Ok(0) => return false,
                 Ok(count) => {
-                    // A short read emptied the socket, but says nothing of
-                    // an end of stream that came with the bytes.
+                    // A short read emptied the socket, but does not rule out an
+                    // end of stream that arrived with the bytes.
                     connection.readable = count == self.scratch.len() || connection.hung_up;
                     if let State::Draining { drained } = &mut connection.state {
                         *drained += count;
