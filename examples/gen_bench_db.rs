@@ -28,23 +28,8 @@ const TRANSACTION_SIZE: u64 = 50_000;
 /// The duplicate window `serve` uses by default (24 h), in milliseconds.
 const DUPLICATE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 
-const LARGE_PROVIDERS: &[&str] = &[
-    "gmail.com",
-    "yahoo.com",
-    "outlook.com",
-    "hotmail.com",
-    "icloud.com",
-    "aol.com",
-];
-const LEAD_STATUSES: &[&str] = &[
-    "New",
-    "Contacted",
-    "Qualified",
-    "Proposal",
-    "Negotiation",
-    "Won",
-    "Lost",
-];
+const LARGE_PROVIDERS: &[&str] = &["gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com", "aol.com"];
+const LEAD_STATUSES: &[&str] = &["New", "Contacted", "Qualified", "Proposal", "Negotiation", "Won", "Lost"];
 const BOUNCE_REASONS: &[&str] = &[
     "Permanent Delivery Failure - Address not deliverable",
     "Mailbox full",
@@ -123,10 +108,7 @@ fn email(contact: u64) -> String {
     if contact % 3 == 0 {
         format!("contact{contact}@company{}.example", contact / 3 % 2_000)
     } else {
-        format!(
-            "contact{contact}@{}",
-            LARGE_PROVIDERS[(contact / 3 % LARGE_PROVIDERS.len() as u64) as usize]
-        )
+        format!("contact{contact}@{}", LARGE_PROVIDERS[(contact / 3 % LARGE_PROVIDERS.len() as u64) as usize])
     }
 }
 
@@ -143,11 +125,7 @@ impl Leads {
     fn next_status(&mut self, lead: u64, random: &mut Random) -> &'static str {
         let current = &mut self.status[lead as usize];
         // Mostly forward, but sometimes back a step, as sales teams do.
-        let step = if random.below(5) == 0 && *current > 0 {
-            -1
-        } else {
-            1
-        };
+        let step = if random.below(5) == 0 && *current > 0 { -1 } else { 1 };
         *current = (*current as i64 + step).clamp(0, LEAD_STATUSES.len() as i64 - 1) as u8;
         LEAD_STATUSES[*current as usize]
     }
@@ -164,11 +142,7 @@ fn body(kind: &str, serial: u64, random: &mut Random, leads: &mut Leads) -> Stri
             email(contact),
             mobile(contact),
             contact % 2_000,
-            if random.below(20) == 0 {
-                "Inactive"
-            } else {
-                "Active"
-            },
+            if random.below(20) == 0 { "Inactive" } else { "Active" },
             random.below(30) == 0,
             contact % 3,
         ),
@@ -185,23 +159,15 @@ fn body(kind: &str, serial: u64, random: &mut Random, leads: &mut Leads) -> Stri
             random.below(20) == 0,
             random.pick(BOUNCE_REASONS),
         ),
-        "email-opt-out" | "email-opt-in" => {
-            format!(r#"{{"dsid":"{dsid}","email":"{}"}}"#, email(contact))
-        }
-        "sms-opt-out" | "sms-opt-in" => {
-            format!(r#"{{"dsid":"{dsid}","mobile":"{}"}}"#, mobile(contact))
-        }
+        "email-opt-out" | "email-opt-in" => format!(r#"{{"dsid":"{dsid}","email":"{}"}}"#, email(contact)),
+        "sms-opt-out" | "sms-opt-in" => format!(r#"{{"dsid":"{dsid}","mobile":"{}"}}"#, mobile(contact)),
         "phone-opt-out" | "phone-opt-in" => format!(r#"{{"dsid":"{dsid}"}}"#),
         "text-reply" => format!(
             r#"{{"dsid":"{dsid}","mobile":"{}","message":"{} \ud83d\udc4d #{serial}"}}"#,
             mobile(contact),
             random.pick(&["Yes", "STOP", "Call me tomorrow", "Thanks!"]),
         ),
-        "lead-created" => format!(
-            r#"{{"id":{},"dsid":"{}"}}"#,
-            lead + 1,
-            self::dsid(lead_contact(lead))
-        ),
+        "lead-created" => format!(r#"{{"id":{},"dsid":"{}"}}"#, lead + 1, self::dsid(lead_contact(lead))),
         "webform-submitted" => format!(
             r#"{{"webform_id":"wf-{}","webform_name":"Contact us","lead_id":{},"dsid":"{}"}}"#,
             random.below(40),
@@ -209,18 +175,13 @@ fn body(kind: &str, serial: u64, random: &mut Random, leads: &mut Leads) -> Stri
             self::dsid(lead_contact(lead))
         ),
         "contact-status-changed" => {
-            format!(
-                r#"{{"dsid":"{dsid}","status":"{}"}}"#,
-                random.pick(&["Active", "Inactive", "Spam", "Deleted"])
-            )
+            format!(r#"{{"dsid":"{dsid}","status":"{}"}}"#, random.pick(&["Active", "Inactive", "Spam", "Deleted"]))
         }
         "segment-created" | "segment-updated" => format!(
             r#"{{"id":"seg-{}","name":"Segment {serial}","status":"Active","description":"Bought in March","segment_type":"Dynamic","is_call_list":"False"}}"#,
             random.below(500)
         ),
-        "user-created" => {
-            format!(r#"{{"email":"staff{serial}@example.com","useruid":"u-{serial}"}}"#)
-        }
+        "user-created" => format!(r#"{{"email":"staff{serial}@example.com","useruid":"u-{serial}"}}"#),
         _ => format!(
             r#"[{{"ClassName":"System.Exception","Message":"Email is required"}},{{"dsId":"{dsid}","firstName":"First{contact}"}}]"#
         ),
@@ -240,32 +201,18 @@ fn pick_kind(random: &mut Random) -> &'static str {
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let path = PathBuf::from(
-        args.next()
-            .context("usage: gen_bench_db PATH [COUNT] [SEED]")?,
-    );
-    let count: u64 = args
-        .next()
-        .map_or(Ok(1_000_000), |text| text.parse())
-        .context("COUNT must be a whole number")?;
-    let seed: u64 = args
-        .next()
-        .map_or(Ok(1), |text| text.parse())
-        .context("SEED must be a whole number")?;
+    let path = PathBuf::from(args.next().context("usage: gen_bench_db PATH [COUNT] [SEED]")?);
+    let count: u64 = args.next().map_or(Ok(1_000_000), |text| text.parse()).context("COUNT must be a whole number")?;
+    let seed: u64 = args.next().map_or(Ok(1), |text| text.parse()).context("SEED must be a whole number")?;
     if path.exists() {
-        bail!(
-            "{} already exists: remove it or pass another path",
-            path.display()
-        );
+        bail!("{} already exists: remove it or pass another path", path.display());
     }
 
     let mut connection = store::open_or_create(&path)?;
     // Enough page cache to keep the indexes in memory while generating.
     connection.execute_batch("PRAGMA cache_size = -262144")?;
     let mut random = Random(seed);
-    let mut leads = Leads {
-        status: vec![0; LEADS as usize],
-    };
+    let mut leads = Leads { status: vec![0; LEADS as usize] };
     let end = Utc::now();
     let start = end - Duration::days(365);
     let step_ms = (end - start).num_milliseconds() as f64 / count as f64;
@@ -279,22 +226,14 @@ fn main() -> anyhow::Result<()> {
         let tx = connection.transaction()?;
         let batch_end = (written + TRANSACTION_SIZE).min(count);
         for serial in written..batch_end {
-            let received_at = dsevents::time::format_utc(
-                start + Duration::milliseconds((serial as f64 * step_ms) as i64),
-            );
+            let received_at = dsevents::time::format_utc(start + Duration::milliseconds((serial as f64 * step_ms) as i64));
             let roll = random.below(1_000);
             let (kind, body) = if roll < 10 && !recent.is_empty() {
                 recent[random.below(recent.len() as u64) as usize].clone()
             } else if roll < 12 {
-                (
-                    "email-opt-out",
-                    format!(r#"{{"dsid":"{}","email":"#, dsid(serial % CONTACTS)),
-                )
+                ("email-opt-out", format!(r#"{{"dsid":"{}","email":"#, dsid(serial % CONTACTS)))
             } else if roll < 13 {
-                (
-                    "contact-merged",
-                    format!(r#"{{"dsid":"{}"}}"#, dsid(serial % CONTACTS)),
-                )
+                ("contact-merged", format!(r#"{{"dsid":"{}"}}"#, dsid(serial % CONTACTS)))
             } else {
                 let kind = pick_kind(&mut random);
                 (kind, body(kind, serial, &mut random, &mut leads))
@@ -304,21 +243,13 @@ fn main() -> anyhow::Result<()> {
             } else {
                 recent[(serial % 64) as usize] = (kind, body.clone());
             }
-            let delivery = Delivery::new(
-                kind,
-                body.into_bytes(),
-                Some("application/json".to_string()),
-                received_at,
-            );
+            let delivery = Delivery::new(kind, body.into_bytes(), Some("application/json".to_string()), received_at);
             store::insert_delivery(&tx, &delivery, &mut recent_bodies)?;
         }
         tx.commit()?;
         recent_bodies.commit();
         written = batch_end;
-        eprintln!(
-            "gen_bench_db: {written} of {count} deliveries written ({:.0} s)",
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("gen_bench_db: {written} of {count} deliveries written ({:.0} s)", started.elapsed().as_secs_f64());
     }
 
     connection.execute_batch("PRAGMA optimize; PRAGMA wal_checkpoint(TRUNCATE);")?;

@@ -14,14 +14,9 @@ use std::thread;
 const WORKERS: usize = 2;
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let address = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:0".to_string());
+    let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:0".to_string());
     let server = Arc::new(tiny_http::Server::http(address.as_str())?);
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or("the server is not bound to an IP address")?;
+    let bound = server.server_addr().to_ip().ok_or("the server is not bound to an IP address")?;
     println!("noop_server listening on http://{bound}");
 
     let header = tiny_http::Header::from_bytes("Content-Type", "application/json")
@@ -57,8 +52,7 @@ fn serve(server: &tiny_http::Server, header: tiny_http::Header) {
             eprintln!("noop_server: reading a body failed: {error}");
             continue;
         }
-        let response =
-            tiny_http::Response::from_string("{\"ok\":true}\n").with_header(header.clone());
+        let response = tiny_http::Response::from_string("{\"ok\":true}\n").with_header(header.clone());
         if let Err(error) = request.respond(response) {
             eprintln!("noop_server: writing a response failed: {error}");
         }

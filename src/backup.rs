@@ -39,22 +39,12 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
         );
     }
     if args.dest.exists() && !args.force {
-        bail!(
-            "{} already exists; pass --force to replace it, or choose another path",
-            args.dest.display()
-        );
+        bail!("{} already exists; pass --force to replace it, or choose another path", args.dest.display());
     }
     if same_file(&args.db.db, &args.dest) {
-        bail!(
-            "DEST {} is the database itself; choose another path",
-            args.dest.display()
-        );
+        bail!("DEST {} is the database itself; choose another path", args.dest.display());
     }
-    if let Some(parent) = args
-        .dest
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-    {
+    if let Some(parent) = args.dest.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         if !parent.is_dir() {
             bail!(
                 "cannot write {}: the directory {} does not exist; create it or choose another path",
@@ -70,9 +60,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
     let deliveries = backup(&connection, &args.dest)?;
     spinner.finish_and_clear();
 
-    let bytes = std::fs::metadata(&args.dest)
-        .map(|metadata| metadata.len())
-        .unwrap_or(0);
+    let bytes = std::fs::metadata(&args.dest).map(|metadata| metadata.len()).unwrap_or(0);
     println!(
         "backed up {} deliveries to {} ({bytes} bytes, integrity ok) in {:.1} s",
         deliveries,
@@ -87,15 +75,10 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
 pub fn backup(connection: &Connection, dest: &Path) -> anyhow::Result<i64> {
     // Write next to DEST, then rename: an existing DEST is replaced only by
     // a complete, checked copy.
-    let file_name = dest
-        .file_name()
-        .context("DEST has no file name")?
-        .to_string_lossy()
-        .to_string();
+    let file_name = dest.file_name().context("DEST has no file name")?.to_string_lossy().to_string();
     let partial = dest.with_file_name(format!(".{file_name}.partial"));
     if partial.exists() {
-        std::fs::remove_file(&partial)
-            .with_context(|| format!("cannot remove {}", partial.display()))?;
+        std::fs::remove_file(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
     }
     let partial_text = partial.to_str().context("DEST path is not valid UTF-8")?;
     connection
@@ -110,18 +93,13 @@ pub fn backup(connection: &Connection, dest: &Path) -> anyhow::Result<i64> {
 
     let copy = Connection::open_with_flags(&partial, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let check: String = copy.query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
-    let deliveries: i64 =
-        copy.query_row("SELECT count(*) FROM deliveries", [], |row| row.get(0))?;
+    let deliveries: i64 = copy.query_row("SELECT count(*) FROM deliveries", [], |row| row.get(0))?;
     drop(copy);
     if check != "ok" {
         // Keep the partial file for inspection; DEST is untouched.
-        bail!(
-            "the copy at {} failed its integrity check: {check}",
-            partial.display()
-        );
+        bail!("the copy at {} failed its integrity check: {check}", partial.display());
     }
-    std::fs::rename(&partial, dest)
-        .with_context(|| format!("cannot move the copy to {}", dest.display()))?;
+    std::fs::rename(&partial, dest).with_context(|| format!("cannot move the copy to {}", dest.display()))?;
     Ok(deliveries)
 }
 

@@ -122,36 +122,16 @@ pub static KINDS: &[Kind] = &[
             field!("timezone", ["timezone"], Text),
             field!("gender", ["gender"], Integer),
             field!("date_birth", ["datebirth"], time("date_birth_text")),
-            field!(
-                "date_contact_created",
-                ["datecontactcreated"],
-                time("date_contact_created_text")
-            ),
-            field!(
-                "timestamp_created",
-                ["timestampcreated"],
-                time("timestamp_created_text")
-            ),
+            field!("date_contact_created", ["datecontactcreated"], time("date_contact_created_text")),
+            field!("timestamp_created", ["timestampcreated"], time("timestamp_created_text")),
             field!(
                 "date_contact_last_modified",
                 ["datecontactlastmodified"],
                 time("date_contact_last_modified_text")
             ),
-            field!(
-                "date_first_seen",
-                ["datefirstseen"],
-                time("date_first_seen_text")
-            ),
-            field!(
-                "date_last_seen",
-                ["datelastseen"],
-                time("date_last_seen_text")
-            ),
-            field!(
-                "date_last_contacted",
-                ["datelastcontacted"],
-                time("date_last_contacted_text")
-            ),
+            field!("date_first_seen", ["datefirstseen"], time("date_first_seen_text")),
+            field!("date_last_seen", ["datelastseen"], time("date_last_seen_text")),
+            field!("date_last_contacted", ["datelastcontacted"], time("date_last_contacted_text")),
             field!("account_id", ["accountid"], Integer),
             field!("extended_properties", ["extendedproperties"], Json),
         ],
@@ -350,11 +330,7 @@ pub fn opposite(slug: &str) -> Option<&'static str> {
 
 /// Returns every slug, comma separated, for help and error text.
 pub fn slug_list() -> String {
-    KINDS
-        .iter()
-        .map(|kind| kind.slug)
-        .collect::<Vec<_>>()
-        .join(", ")
+    KINDS.iter().map(|kind| kind.slug).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -368,14 +344,8 @@ mod tests {
         let connection = rusqlite::Connection::open_in_memory().unwrap();
         connection.execute_batch(crate::store::SCHEMA_SQL).unwrap();
         for kind in KINDS {
-            let mut statement = connection
-                .prepare(&format!("PRAGMA table_info({})", kind.table))
-                .unwrap();
-            let columns: Vec<String> = statement
-                .query_map([], |row| row.get(1))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
+            let mut statement = connection.prepare(&format!("PRAGMA table_info({})", kind.table)).unwrap();
+            let columns: Vec<String> = statement.query_map([], |row| row.get(1)).unwrap().map(Result::unwrap).collect();
             let mut expected = vec!["delivery_id", "received_at"];
             expected.extend(kind.columns());
             assert_eq!(columns, expected, "table {}", kind.table);

@@ -116,8 +116,7 @@ pub fn man(args: ManArgs) -> anyhow::Result<()> {
         };
     };
 
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
     let mut written = Vec::new();
     write_man_pages(command, &dir, &mut written)?;
     for path in written {
@@ -128,23 +127,15 @@ pub fn man(args: ManArgs) -> anyhow::Result<()> {
 
 /// Writes the page of `command` and of each of its subcommands, at any
 /// depth, into `dir`, and appends each path to `written`.
-fn write_man_pages(
-    command: clap::Command,
-    dir: &Path,
-    written: &mut Vec<PathBuf>,
-) -> anyhow::Result<()> {
-    let subcommands: Vec<clap::Command> = command
-        .get_subcommands()
-        .filter(|subcommand| !subcommand.is_hide_set())
-        .cloned()
-        .collect();
+fn write_man_pages(command: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let subcommands: Vec<clap::Command> =
+        command.get_subcommands().filter(|subcommand| !subcommand.is_hide_set()).cloned().collect();
 
     let page = clap_mangen::Man::new(command);
     let path = dir.join(page.get_filename());
     let mut text = Vec::new();
     page.render(&mut text)?;
-    std::fs::write(&path, text)
-        .with_context(|| format!("cannot write man page {}", path.display()))?;
+    std::fs::write(&path, text).with_context(|| format!("cannot write man page {}", path.display()))?;
     written.push(path);
 
     for subcommand in subcommands {
@@ -156,19 +147,14 @@ fn write_man_pages(
 /// Reads a duration option such as `--silence 24h` that must be longer
 /// than zero. `option` names it in the error.
 pub fn parse_positive_duration(option: &str, text: &str) -> Result<chrono::Duration, UsageError> {
-    let not_positive = || {
-        UsageError(format!(
-            "invalid {option} '{text}': the duration must be positive, such as 24h or 90d"
-        ))
-    };
+    let not_positive =
+        || UsageError(format!("invalid {option} '{text}': the duration must be positive, such as 24h or 90d"));
     let trimmed = text.trim();
     // A bare 0 has no unit, so parse_duration would blame the unit.
-    if trimmed.starts_with('-') || (!trimmed.is_empty() && trimmed.bytes().all(|byte| byte == b'0'))
-    {
+    if trimmed.starts_with('-') || (!trimmed.is_empty() && trimmed.bytes().all(|byte| byte == b'0')) {
         return Err(not_positive());
     }
-    let duration =
-        parse_duration(text).map_err(|message| UsageError(format!("{option}: {message}")))?;
+    let duration = parse_duration(text).map_err(|message| UsageError(format!("{option}: {message}")))?;
     if duration <= chrono::Duration::zero() {
         return Err(not_positive());
     }
@@ -179,12 +165,7 @@ pub fn parse_positive_duration(option: &str, text: &str) -> Result<chrono::Durat
 #[derive(Debug, Clone, Args)]
 pub struct DbArg {
     /// SQLite database file.
-    #[arg(
-        long,
-        env = "DSEVENTS_DB",
-        default_value = "dsevents.db",
-        value_name = "PATH"
-    )]
+    #[arg(long, env = "DSEVENTS_DB", default_value = "dsevents.db", value_name = "PATH")]
     pub db: PathBuf,
 }
 

@@ -29,24 +29,9 @@ pub struct Channel {
 }
 
 pub const CHANNELS: [Channel; 3] = [
-    Channel {
-        name: "email",
-        opt_outs: "email_opt_outs",
-        opt_ins: "email_opt_ins",
-        address: Some("email"),
-    },
-    Channel {
-        name: "sms",
-        opt_outs: "sms_opt_outs",
-        opt_ins: "sms_opt_ins",
-        address: Some("mobile"),
-    },
-    Channel {
-        name: "phone",
-        opt_outs: "phone_opt_outs",
-        opt_ins: "phone_opt_ins",
-        address: None,
-    },
+    Channel { name: "email", opt_outs: "email_opt_outs", opt_ins: "email_opt_ins", address: Some("email") },
+    Channel { name: "sms", opt_outs: "sms_opt_outs", opt_ins: "sms_opt_ins", address: Some("mobile") },
+    Channel { name: "phone", opt_outs: "phone_opt_outs", opt_ins: "phone_opt_ins", address: None },
 ];
 
 /// A contact's newest consent change on one channel.
@@ -63,10 +48,7 @@ pub struct Change {
 /// Returns each contact's newest change on `channels`. Contacts are keyed
 /// by dsid, or by address when the change carried no dsid, and retries
 /// (deliveries with a duplicate_of) are left out, as in the view.
-pub fn newest_changes(
-    connection: &Connection,
-    channels: &[Channel],
-) -> rusqlite::Result<Vec<Change>> {
+pub fn newest_changes(connection: &Connection, channels: &[Channel]) -> rusqlite::Result<Vec<Change>> {
     let retries = store::retry_ids(connection)?;
     let mut changes = Vec::new();
     for channel in channels {
@@ -83,13 +65,7 @@ pub fn newest_changes(
                 let delivery_id: i64 = row.get(0)?;
                 if !retries.contains(&delivery_id) {
                     let [changed_at, dsid, address] = [1, 2, 3].map(|index| bytes(row, index));
-                    newest.offer(
-                        dsid?,
-                        address?,
-                        changed_at?.unwrap_or_default(),
-                        delivery_id,
-                        opted_out,
-                    );
+                    newest.offer(dsid?, address?, changed_at?.unwrap_or_default(), delivery_id, opted_out);
                 }
             }
         }
@@ -104,13 +80,7 @@ fn bytes<'row>(row: &'row rusqlite::Row<'_>, index: usize) -> rusqlite::Result<O
         ValueRef::Null => None,
         ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Some(bytes),
         // The columns are TEXT; a number stored in one still groups by its text.
-        other => {
-            return Err(rusqlite::Error::InvalidColumnType(
-                index,
-                String::new(),
-                other.data_type(),
-            ))
-        }
+        other => return Err(rusqlite::Error::InvalidColumnType(index, String::new(), other.data_type())),
     })
 }
 
@@ -149,10 +119,7 @@ struct Newest {
 
 impl Newest {
     fn store(&mut self, bytes: &[u8]) -> Span {
-        let span = Span {
-            start: self.text.len() as u32,
-            length: bytes.len() as u32,
-        };
+        let span = Span { start: self.text.len() as u32, length: bytes.len() as u32 };
         self.text.extend_from_slice(bytes);
         span
     }
@@ -164,23 +131,12 @@ impl Newest {
     /// Keeps the change if it is the newest of its contact so far: the
     /// later received_at, then the greater delivery id, as the view's
     /// max() orders them.
-    fn offer(
-        &mut self,
-        dsid: Option<&[u8]>,
-        address: Option<&[u8]>,
-        changed_at: &[u8],
-        id: i64,
-        opted_out: bool,
-    ) {
+    fn offer(&mut self, dsid: Option<&[u8]>, address: Option<&[u8]>, changed_at: &[u8], id: i64, opted_out: bool) {
         let contact = dsid.or(address);
         let hash = contact.map(|contact| store::fnv1a(store::FNV_OFFSET, contact));
         let existing = match (contact, hash) {
             (Some(contact), Some(hash)) => match self.by_hash.get(&hash) {
-                Some(&index)
-                    if self.changes[index].contact.map(|span| self.get(span)) == Some(contact) =>
-                {
-                    Some(index)
-                }
+                Some(&index) if self.changes[index].contact.map(|span| self.get(span)) == Some(contact) => Some(index),
                 Some(_) => self.collided.get(contact).copied(),
                 None => None,
             },
@@ -195,14 +151,7 @@ impl Newest {
         let dsid = dsid.map(|dsid| self.store(dsid));
         let address = address.map(|address| self.store(address));
         let changed_at = self.store(changed_at);
-        let change = Kept {
-            contact: dsid.or(address),
-            dsid,
-            address,
-            changed_at,
-            delivery_id: id,
-            opted_out,
-        };
+        let change = Kept { contact: dsid.or(address), dsid, address, changed_at, delivery_id: id, opted_out };
         match existing {
             Some(index) => self.changes[index] = change,
             None => {
@@ -222,9 +171,7 @@ impl Newest {
     }
 
     fn into_changes(self, channel: &'static str) -> impl Iterator<Item = Change> {
-        let text = |span: Option<Span>| {
-            span.map(|span| String::from_utf8_lossy(self.get(span)).into_owned())
-        };
+        let text = |span: Option<Span>| span.map(|span| String::from_utf8_lossy(self.get(span)).into_owned());
         let changes: Vec<Change> = self
             .changes
             .iter()

@@ -98,17 +98,9 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
 
     let failed = || format!("export failed on database {}", args.db.db.display());
     let mut statement = connection.prepare(&sql).with_context(failed)?;
-    let columns: Vec<String> = statement
-        .column_names()
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let columns: Vec<String> = statement.column_names().into_iter().map(String::from).collect();
     let column_refs: Vec<&str> = columns.iter().map(String::as_str).collect();
-    let mut writer = RowWriter::new(
-        args.format.output_format(),
-        &column_refs,
-        BufWriter::new(io::stdout().lock()),
-    )?;
+    let mut writer = RowWriter::new(args.format.output_format(), &column_refs, BufWriter::new(io::stdout().lock()))?;
 
     let parameter_count = statement.parameter_count();
     let mut rows = if parameter_count == 3 {
@@ -118,9 +110,7 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
     }
     .with_context(failed)?;
     while let Some(row) = rows.next().with_context(failed)? {
-        let values = (0..columns.len())
-            .map(|index| row.get_ref(index))
-            .collect::<Result<Vec<_>, _>>()?;
+        let values = (0..columns.len()).map(|index| row.get_ref(index)).collect::<Result<Vec<_>, _>>()?;
         writer.write_row(&values)?;
     }
     writer.finish()?;

@@ -65,24 +65,15 @@ struct Person {
 impl Person {
     fn matches(&self, dsid: Option<&str>, emails: &[String], mobiles: &[String]) -> bool {
         dsid.is_some_and(|dsid| self.dsids.contains(dsid))
-            || emails
-                .iter()
-                .any(|email| self.emails.contains(&email.to_lowercase()))
-            || mobiles
-                .iter()
-                .any(|mobile| self.has_number(&digits(mobile)))
+            || emails.iter().any(|email| self.emails.contains(&email.to_lowercase()))
+            || mobiles.iter().any(|mobile| self.has_number(&digits(mobile)))
     }
 
     fn absorb(&mut self, dsid: Option<&str>, emails: &[String], mobiles: &[String]) {
         self.dsids.extend(dsid.map(str::to_string));
-        self.emails
-            .extend(emails.iter().map(|email| email.to_lowercase()));
-        self.mobiles.extend(
-            mobiles
-                .iter()
-                .map(|mobile| digits(mobile))
-                .filter(|digits| digits.len() >= MIN_PHONE_DIGITS),
-        );
+        self.emails.extend(emails.iter().map(|email| email.to_lowercase()));
+        self.mobiles
+            .extend(mobiles.iter().map(|mobile| digits(mobile)).filter(|digits| digits.len() >= MIN_PHONE_DIGITS));
     }
 
     /// Returns true if and only if `number` (digits only) is one of the
@@ -96,18 +87,10 @@ impl Person {
         let text = String::from_utf8_lossy(body).to_lowercase();
         // A contact id is matched as a whole JSON string, so a short id
         // cannot match inside unrelated text.
-        if self
-            .dsids
-            .iter()
-            .any(|dsid| text.contains(&format!("\"{}\"", dsid.to_lowercase())))
-        {
+        if self.dsids.iter().any(|dsid| text.contains(&format!("\"{}\"", dsid.to_lowercase()))) {
             return true;
         }
-        if self
-            .emails
-            .iter()
-            .any(|email| contains_address(&text, email))
-        {
+        if self.emails.iter().any(|email| contains_address(&text, email)) {
             return true;
         }
         // Numbers appear formatted in bodies. Each phone-like run (digits
@@ -161,8 +144,7 @@ fn contains_address(text: &str, address: &str) -> bool {
     text.match_indices(address).any(|(start, _)| {
         let before = text[..start].chars().next_back();
         let after = &text[start + address.len()..];
-        !before.is_some_and(|c| c.is_alphanumeric() || LOCAL_PART_SYMBOLS.contains(c))
-            && !continues_domain(after)
+        !before.is_some_and(|c| c.is_alphanumeric() || LOCAL_PART_SYMBOLS.contains(c)) && !continues_domain(after)
     })
 }
 
@@ -195,26 +177,14 @@ pub fn run(args: ForgetArgs) -> anyhow::Result<()> {
         person.mobiles.insert(number);
         "mobile"
     };
-    if person
-        .dsids
-        .iter()
-        .chain(&person.emails)
-        .any(String::is_empty)
-    {
-        return Err(UsageError(
-            "the identifier is empty; give the person's dsid, email or mobile".to_string(),
-        )
-        .into());
+    if person.dsids.iter().chain(&person.emails).any(String::is_empty) {
+        return Err(UsageError("the identifier is empty; give the person's dsid, email or mobile".to_string()).into());
     }
 
     let mut connection = crate::store::open_existing(&args.db.db)?;
     let erased = forget(&mut connection, person, identifier_type, args.dry_run)?;
 
-    let verb = if args.dry_run {
-        "would erase"
-    } else {
-        "erased"
-    };
+    let verb = if args.dry_run { "would erase" } else { "erased" };
     if erased.is_empty() {
         println!("nothing found for that {identifier_type}; nothing {verb}");
     }
@@ -229,12 +199,7 @@ pub fn run(args: ForgetArgs) -> anyhow::Result<()> {
 
 /// Finds and erases the person. Returns rows erased per table (for
 /// `deliveries`, the raw bodies removed).
-fn forget(
-    connection: &mut Connection,
-    mut person: Person,
-    identifier_type: &str,
-    dry_run: bool,
-) -> anyhow::Result<BTreeMap<String, u64>> {
+fn forget(connection: &mut Connection, mut person: Person, identifier_type: &str, dry_run: bool) -> anyhow::Result<BTreeMap<String, u64>> {
     // Search in a read transaction, while serve keeps writing.
     let (rows, mut delivery_ids, scanned_to) = {
         let tx = connection.transaction_with_behavior(TransactionBehavior::Deferred)?;
@@ -273,10 +238,7 @@ fn forget(
         let mut statement = tx.prepare("SELECT id, kind FROM deliveries WHERE id = ?1")?;
         let mut found = Vec::new();
         for id in &delivery_ids {
-            found.push((
-                *id,
-                statement.query_row([id], |row| row.get::<_, String>(1))?,
-            ));
+            found.push((*id, statement.query_row([id], |row| row.get::<_, String>(1))?));
         }
         found
     };
@@ -291,11 +253,7 @@ fn forget(
     let mut erased: BTreeMap<String, u64> = BTreeMap::new();
     for (table, id) in &targets {
         let removed = if dry_run {
-            tx.query_row(
-                &format!("SELECT count(*) FROM {table} WHERE delivery_id = ?1"),
-                [id],
-                |row| row.get::<_, u64>(0),
-            )?
+            tx.query_row(&format!("SELECT count(*) FROM {table} WHERE delivery_id = ?1"), [id], |row| row.get::<_, u64>(0))?
         } else {
             tx.execute(&format!("DELETE FROM {table} WHERE delivery_id = ?1"), [id])? as u64
         };
@@ -334,8 +292,7 @@ fn forget(
     // Copy the erased pages out of the WAL so the old contents do not linger
     // there. A reader still open elsewhere can keep part of it; the next
     // checkpoint finishes the job.
-    let _busy: i64 =
-        connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+    let _busy: i64 = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
     Ok(erased)
 }
 
@@ -358,21 +315,11 @@ fn read_rows(connection: &Connection, after_id: i64) -> rusqlite::Result<Vec<Row
             continue;
         }
         let names: Vec<&str> = columns.iter().map(|(_, column)| *column).collect();
-        let sql = format!(
-            "SELECT delivery_id, {} FROM {} WHERE delivery_id > ?1",
-            names.join(", "),
-            kind.table
-        );
+        let sql = format!("SELECT delivery_id, {} FROM {} WHERE delivery_id > ?1", names.join(", "), kind.table);
         let mut statement = connection.prepare(&sql)?;
         let mut query = statement.query([after_id])?;
         while let Some(row) = query.next()? {
-            let mut ids = RowIds {
-                delivery_id: row.get(0)?,
-                table: kind.table,
-                dsid: None,
-                emails: vec![],
-                mobiles: vec![],
-            };
+            let mut ids = RowIds { delivery_id: row.get(0)?, table: kind.table, dsid: None, emails: vec![], mobiles: vec![] };
             for (index, (role, _)) in columns.iter().enumerate() {
                 let Some(value) = row.get::<_, Option<String>>(index + 1)? else {
                     continue;
@@ -391,15 +338,10 @@ fn read_rows(connection: &Connection, after_id: i64) -> rusqlite::Result<Vec<Row
 
 /// Returns the deliveries after `after_id` whose contact id or raw body
 /// points at the person, and the highest delivery id examined.
-fn find_deliveries(
-    connection: &Connection,
-    person: &Person,
-    after_id: i64,
-) -> rusqlite::Result<(BTreeSet<i64>, i64)> {
+fn find_deliveries(connection: &Connection, person: &Person, after_id: i64) -> rusqlite::Result<(BTreeSet<i64>, i64)> {
     let mut found = BTreeSet::new();
     let mut highest = after_id;
-    let mut statement =
-        connection.prepare("SELECT id, dsid, body FROM deliveries WHERE id > ?1 ORDER BY id")?;
+    let mut statement = connection.prepare("SELECT id, dsid, body FROM deliveries WHERE id > ?1 ORDER BY id")?;
     let mut rows = statement.query([after_id])?;
     while let Some(row) = rows.next()? {
         let id: i64 = row.get(0)?;
@@ -423,42 +365,23 @@ mod tests {
         assert!(same_number("5550100100", "5550100100"));
         assert!(same_number("15550100100", "5550100100"));
         assert!(same_number("5550100100", "445550100100"));
-        assert!(
-            !same_number("15550100100", "0100100"),
-            "more than a country code apart"
-        );
+        assert!(!same_number("15550100100", "0100100"), "more than a country code apart");
         assert!(!same_number("5550100100", "5550100101"));
         assert!(!same_number("202603", "202603"), "too short to compare");
     }
 
     #[test]
     fn runs_split_at_other_characters() {
-        let runs: Vec<String> =
-            phone_like_runs(r#"{"m":"+1 (555) 010-0100","d":"2026-03-01t14:05"}"#).collect();
+        let runs: Vec<String> = phone_like_runs(r#"{"m":"+1 (555) 010-0100","d":"2026-03-01t14:05"}"#).collect();
         assert_eq!(runs, ["15550100100", "20260301", "14", "05"]);
     }
 
     #[test]
     fn address_must_stand_alone() {
-        assert!(contains_address(
-            r#"{"email":"bob@example.com"}"#,
-            "bob@example.com"
-        ));
-        assert!(contains_address(
-            r#"{"id":"bob@example.com-link"}"#,
-            "bob@example.com"
-        ));
-        assert!(!contains_address(
-            r#"{"email":"jimbob@example.com"}"#,
-            "bob@example.com"
-        ));
-        assert!(!contains_address(
-            r#"{"email":"bob@example.com.au"}"#,
-            "bob@example.com"
-        ));
-        assert!(!contains_address(
-            r#"{"email":"bob@example.community"}"#,
-            "bob@example.com"
-        ));
+        assert!(contains_address(r#"{"email":"bob@example.com"}"#, "bob@example.com"));
+        assert!(contains_address(r#"{"id":"bob@example.com-link"}"#, "bob@example.com"));
+        assert!(!contains_address(r#"{"email":"jimbob@example.com"}"#, "bob@example.com"));
+        assert!(!contains_address(r#"{"email":"bob@example.com.au"}"#, "bob@example.com"));
+        assert!(!contains_address(r#"{"email":"bob@example.community"}"#, "bob@example.com"));
     }
 }

@@ -178,24 +178,14 @@ fn check_head(head: &Head, handler: &dyn Handler, limits: &Limits) -> Result<(),
     handler.check(head)?;
     // Without a length or chunked framing a POST body cannot be delimited
     // (HTTP/1.0 clients may mean "until the connection closes").
-    if head.method == "POST"
-        && head.header("content-length").is_none()
-        && head.header("transfer-encoding").is_none()
-    {
-        return Err(Response::error(
-            411,
-            "send the body with a Content-Length header or chunked encoding",
-        )
-        .closing());
+    if head.method == "POST" && head.header("content-length").is_none() && head.header("transfer-encoding").is_none() {
+        return Err(Response::error(411, "send the body with a Content-Length header or chunked encoding").closing());
     }
     if let Some(length) = head.content_length() {
         if length > limits.max_body as u64 {
             return Err(Response::error(
                 413,
-                &format!(
-                    "body of {length} bytes is over the limit of {} bytes",
-                    limits.max_body
-                ),
+                &format!("body of {length} bytes is over the limit of {} bytes", limits.max_body),
             )
             .closing());
         }
@@ -206,18 +196,12 @@ fn check_head(head: &Head, handler: &dyn Handler, limits: &Limits) -> Result<(),
 fn too_large_head(limits: &Limits) -> Rejection {
     Rejection(Response::error(
         431,
-        &format!(
-            "request line and headers are over the limit of {} bytes",
-            limits.max_header_bytes
-        ),
+        &format!("request line and headers are over the limit of {} bytes", limits.max_header_bytes),
     ))
 }
 
 fn skip_empty_lines(buffer: &mut Vec<u8>) {
-    let blank = buffer
-        .iter()
-        .take_while(|byte| **byte == b'\r' || **byte == b'\n')
-        .count();
+    let blank = buffer.iter().take_while(|byte| **byte == b'\r' || **byte == b'\n').count();
     buffer.drain(..blank);
 }
 
@@ -231,8 +215,7 @@ fn find_head_end(buffer: &[u8], from: usize) -> Option<usize> {
 
 /// Returns true if `bytes` has an LF not preceded by CR at or after `from`.
 fn has_bare_line_feed(bytes: &[u8], from: usize) -> bool {
-    (from..bytes.len())
-        .any(|index| bytes[index] == b'\n' && (index == 0 || bytes[index - 1] != b'\r'))
+    (from..bytes.len()).any(|index| bytes[index] == b'\n' && (index == 0 || bytes[index - 1] != b'\r'))
 }
 
 fn bad_request(reason: &str) -> Rejection {
@@ -246,10 +229,7 @@ fn parse_head(bytes: &[u8], peer: SocketAddr) -> Result<Head, Rejection> {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(bad_request("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(Rejection(Response::error(
-                431,
-                &format!("more than {MAX_HEADERS} request headers"),
-            )))
+            return Err(Rejection(Response::error(431, &format!("more than {MAX_HEADERS} request headers"))))
         }
         Err(error) => return Err(bad_request(&format!("malformed request: {error}"))),
     }
@@ -271,22 +251,11 @@ fn parse_head(bytes: &[u8], peer: SocketAddr) -> Result<Head, Rejection> {
         _ => target,
     };
     let path = normalize_path(target);
-    let headers: Vec<(String, Vec<u8>)> = request
-        .headers
-        .iter()
-        .map(|header| (header.name.to_ascii_lowercase(), header.value.to_vec()))
-        .collect();
+    let headers: Vec<(String, Vec<u8>)> =
+        request.headers.iter().map(|header| (header.name.to_ascii_lowercase(), header.value.to_vec())).collect();
 
     let body = framing(&headers)?;
-    Ok(Head {
-        method,
-        path,
-        query,
-        headers,
-        peer,
-        minor_version: request.version.unwrap_or(1),
-        body,
-    })
+    Ok(Head { method, path, query, headers, peer, minor_version: request.version.unwrap_or(1), body })
 }
 
 /// Decodes percent-escaped unreserved characters (RFC 3986 section 6.2.2.2
@@ -330,23 +299,17 @@ fn framing(headers: &[(String, Vec<u8>)]) -> Result<Framing, Rejection> {
     for (name, value) in headers {
         match name.as_str() {
             "content-length" => {
-                let text = std::str::from_utf8(value)
-                    .map_err(|_| bad_request("Content-Length is not a number"))?;
+                let text = std::str::from_utf8(value).map_err(|_| bad_request("Content-Length is not a number"))?;
                 // A repeated header may also come as one comma-separated list.
                 for part in text.split(',') {
                     let part = part.trim();
                     if part.is_empty() || !part.bytes().all(|byte| byte.is_ascii_digit()) {
-                        return Err(bad_request(&format!(
-                            "Content-Length '{text}' is not a number"
-                        )));
+                        return Err(bad_request(&format!("Content-Length '{text}' is not a number")));
                     }
                     // Only digits remain, so a parse failure means the
                     // number does not fit in 64 bits, which is over any limit.
                     let parsed: u64 = part.parse().map_err(|_| {
-                        Rejection(Response::error(
-                            413,
-                            &format!("Content-Length '{text}' is over the body size limit"),
-                        ))
+                        Rejection(Response::error(413, &format!("Content-Length '{text}' is over the body size limit")))
                     })?;
                     if length.is_some_and(|seen| seen != parsed) {
                         return Err(bad_request("conflicting Content-Length headers"));
@@ -358,7 +321,9 @@ fn framing(headers: &[(String, Vec<u8>)]) -> Result<Framing, Rejection> {
                 has_transfer_encoding = true;
                 let text = String::from_utf8_lossy(value).trim().to_ascii_lowercase();
                 if text != "chunked" {
-                    return Err(bad_request(&format!("Transfer-Encoding '{text}' is not supported; send chunked or Content-Length")));
+                    return Err(bad_request(&format!(
+                        "Transfer-Encoding '{text}' is not supported; send chunked or Content-Length"
+                    )));
                 }
             }
             _ => {}
@@ -366,19 +331,14 @@ fn framing(headers: &[(String, Vec<u8>)]) -> Result<Framing, Rejection> {
     }
 
     match (has_transfer_encoding, length) {
-        (true, Some(_)) => Err(bad_request(
-            "both Transfer-Encoding and Content-Length are set",
-        )),
+        (true, Some(_)) => Err(bad_request("both Transfer-Encoding and Content-Length are set")),
         (true, None) => Ok(Framing::Chunked),
         (false, length) => Ok(Framing::Length(length.unwrap_or(0))),
     }
 }
 
 fn body_too_large(limits: &Limits) -> Rejection {
-    Rejection(Response::error(
-        413,
-        &format!("body is over the limit of {} bytes", limits.max_body),
-    ))
+    Rejection(Response::error(413, &format!("body is over the limit of {} bytes", limits.max_body)))
 }
 
 /// Decodes a chunked body as its bytes arrive, stopping with 413 as soon
@@ -409,11 +369,7 @@ const MAX_CHUNK_LINE: usize = 4096;
 impl ChunkedBody {
     /// Consumes what it can of `input`. Returns the body once its last
     /// chunk and trailer are complete, or None while more bytes are needed.
-    fn advance(
-        &mut self,
-        input: &mut Vec<u8>,
-        limits: &Limits,
-    ) -> Result<Option<Vec<u8>>, Rejection> {
+    fn advance(&mut self, input: &mut Vec<u8>, limits: &Limits) -> Result<Option<Vec<u8>>, Rejection> {
         // The consumed bytes are removed once, at the end: removing them
         // chunk by chunk moved the rest of the buffer each time, which cost
         // about a second of CPU for a 1 MiB body in 1-byte chunks.
@@ -439,21 +395,13 @@ impl ChunkedBody {
                     *position += line.len() + 2;
                     let size_text = String::from_utf8_lossy(line);
                     let size_text = size_text.split(';').next().unwrap_or("").trim();
-                    if size_text.is_empty()
-                        || !size_text.bytes().all(|byte| byte.is_ascii_hexdigit())
-                    {
+                    if size_text.is_empty() || !size_text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
                         return Err(bad_request(&format!("invalid chunk size '{size_text}'")));
                     }
-                    let size =
-                        usize::from_str_radix(size_text, 16).map_err(|_| body_too_large(limits))?;
+                    let size = usize::from_str_radix(size_text, 16).map_err(|_| body_too_large(limits))?;
                     if size == 0 {
                         self.phase = ChunkPhase::Trailer;
-                    } else if self
-                        .body
-                        .len()
-                        .checked_add(size)
-                        .is_none_or(|total| total > limits.max_body)
-                    {
+                    } else if self.body.len().checked_add(size).is_none_or(|total| total > limits.max_body) {
                         return Err(body_too_large(limits));
                     } else {
                         self.phase = ChunkPhase::Data(size);
@@ -535,12 +483,7 @@ fn reason_phrase(status: u16) -> &'static str {
 fn encode_response(response: &Response, with_body: bool, out: &mut Vec<u8>) {
     use std::io::Write as _;
     // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        response.status,
-        reason_phrase(response.status)
-    );
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", response.status, reason_phrase(response.status));
     for (name, value) in &response.headers {
         let _ = write!(out, "{name}: {value}\r\n");
     }
@@ -559,22 +502,13 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-            .collect()
+        pairs.iter().map(|(name, value)| (name.to_string(), value.as_bytes().to_vec())).collect()
     }
 
     #[test]
     fn path_normalization() {
-        assert_eq!(
-            normalize_path("/hooks/email%2Dbounced"),
-            "/hooks/email-bounced"
-        );
-        assert_eq!(
-            normalize_path("/hooks/%65mail-bounced"),
-            "/hooks/email-bounced"
-        );
+        assert_eq!(normalize_path("/hooks/email%2Dbounced"), "/hooks/email-bounced");
+        assert_eq!(normalize_path("/hooks/%65mail-bounced"), "/hooks/email-bounced");
         assert_eq!(normalize_path("//hooks///x"), "/hooks/x");
         assert_eq!(normalize_path("/hooks/a%2Fb"), "/hooks/a%2Fb");
         assert_eq!(normalize_path("/hooks/%"), "/hooks/%");
@@ -583,31 +517,14 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        assert!(matches!(
-            framing(&headers(&[("content-length", "12")])),
-            Ok(Framing::Length(12))
-        ));
-        assert!(matches!(
-            framing(&headers(&[("content-length", "5, 5")])),
-            Ok(Framing::Length(5))
-        ));
-        assert!(matches!(
-            framing(&headers(&[("transfer-encoding", "chunked")])),
-            Ok(Framing::Chunked)
-        ));
-        assert!(framing(&headers(&[
-            ("content-length", "5"),
-            ("content-length", "6")
-        ]))
-        .is_err());
+        assert!(matches!(framing(&headers(&[("content-length", "12")])), Ok(Framing::Length(12))));
+        assert!(matches!(framing(&headers(&[("content-length", "5, 5")])), Ok(Framing::Length(5))));
+        assert!(matches!(framing(&headers(&[("transfer-encoding", "chunked")])), Ok(Framing::Chunked)));
+        assert!(framing(&headers(&[("content-length", "5"), ("content-length", "6")])).is_err());
         assert!(framing(&headers(&[("content-length", "abc")])).is_err());
         assert!(framing(&headers(&[("content-length", "-1")])).is_err());
         assert!(framing(&headers(&[("content-length", "+5")])).is_err());
-        assert!(framing(&headers(&[
-            ("transfer-encoding", "chunked"),
-            ("content-length", "5")
-        ]))
-        .is_err());
+        assert!(framing(&headers(&[("transfer-encoding", "chunked"), ("content-length", "5")])).is_err());
         assert!(framing(&headers(&[("transfer-encoding", "gzip, chunked")])).is_err());
     }
 
@@ -646,11 +563,7 @@ mod tests {
         let wire = b"4;name=value\r\nWiki\r\n6\r\npedia \r\nE\r\nin \r\n\r\nchunks.\r\n0\r\nExpires: never\r\n\r\nGET";
         for piece in 1..=wire.len() {
             let (body, rest) = decode(wire, piece, 1024);
-            assert_eq!(
-                body,
-                Ok(b"Wikipedia in \r\n\r\nchunks.".to_vec()),
-                "pieces of {piece}"
-            );
+            assert_eq!(body, Ok(b"Wikipedia in \r\n\r\nchunks.".to_vec()), "pieces of {piece}");
             // The next request's bytes that arrived with the body stay for
             // the next request.
             assert!(b"GET".starts_with(&rest), "pieces of {piece}: {rest:?}");
@@ -674,10 +587,7 @@ mod tests {
     #[test]
     fn chunked_body_limits() {
         // Over the body limit across chunks, and a size that overflows.
-        assert_eq!(
-            decode(b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n", 64, 5).0,
-            Err(413)
-        );
+        assert_eq!(decode(b"3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n", 64, 5).0, Err(413));
         assert_eq!(decode(b"1\r\na\r\nffffffffffffffff\r\n", 64, 5).0, Err(413));
         assert_eq!(decode(b"zz\r\n", 64, 5).0, Err(400));
         assert_eq!(decode(b"1\r\naXY", 64, 5).0, Err(400));

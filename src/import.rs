@@ -63,12 +63,7 @@ pub struct ImportArgs {
 
     /// A body identical to one received this long before it, for the same
     /// kind, is stored and marked as its duplicate (s, m, h, d; 0 disables).
-    #[arg(
-        long,
-        default_value = "24h",
-        value_name = "DURATION",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, default_value = "24h", value_name = "DURATION", allow_hyphen_values = true)]
     pub duplicate_window: String,
 }
 
@@ -102,17 +97,10 @@ impl ImportSummary {
     fn describe(&self, settings: &Settings) -> String {
         let mut text = format!(
             "{} stored, {} quarantined, {} unknown kind, {} already present, {} invalid lines kept",
-            self.stored,
-            self.quarantined,
-            self.unknown_kind,
-            self.already_present,
-            self.invalid_lines
+            self.stored, self.quarantined, self.unknown_kind, self.already_present, self.invalid_lines
         );
         if let Some(field) = &settings.kind_field {
-            text.push_str(&format!(
-                ", {} without a kind in member {field}",
-                self.without_kind
-            ));
+            text.push_str(&format!(", {} without a kind in member {field}", self.without_kind));
         }
         if let Some(field) = &settings.received_at_field {
             text.push_str(&format!(
@@ -148,11 +136,7 @@ struct Pending {
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     if let Some(kind) = &args.kind {
         if catalog::by_slug(kind).is_none() {
-            return Err(UsageError(format!(
-                "unknown kind '{kind}'; the known kinds are {}",
-                catalog::slug_list()
-            ))
-            .into());
+            return Err(UsageError(format!("unknown kind '{kind}'; the known kinds are {}", catalog::slug_list())).into());
         }
     }
     let window_ms = parse_window(&args.duplicate_window)?;
@@ -197,9 +181,7 @@ fn import_file(
         (Box::new(std::io::stdin()), 0)
     } else {
         let opened = std::fs::File::open(file).with_context(|| format!("cannot open {name}"))?;
-        let metadata = opened
-            .metadata()
-            .with_context(|| format!("cannot read {name}"))?;
+        let metadata = opened.metadata().with_context(|| format!("cannot read {name}"))?;
         if metadata.is_dir() {
             bail!("cannot import {name}: it is a directory; give the NDJSON or JSON files in it");
         }
@@ -209,9 +191,7 @@ fn import_file(
 
     // A JSON array starts with '['; anything else is read as NDJSON.
     let starts_array = {
-        let buffered = reader
-            .fill_buf()
-            .with_context(|| format!("cannot read {name}"))?;
+        let buffered = reader.fill_buf().with_context(|| format!("cannot read {name}"))?;
         let buffered = buffered.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(buffered);
         buffered.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[')
     };
@@ -222,18 +202,12 @@ fn import_file(
 
     if starts_array {
         let mut text = String::new();
-        reader
-            .read_to_string(&mut text)
-            .with_context(|| format!("cannot read {name} as UTF-8 text"))?;
+        reader.read_to_string(&mut text).with_context(|| format!("cannot read {name} as UTF-8 text"))?;
         let text = text.strip_prefix('\u{FEFF}').unwrap_or(&text);
         match serde_json::from_str::<Vec<&RawValue>>(text) {
             Ok(elements) => {
                 for (index, element) in elements.into_iter().enumerate() {
-                    batch.push(element_delivery(
-                        element.get().as_bytes(),
-                        &format!("{name}:#{index}"),
-                        settings,
-                    ));
+                    batch.push(element_delivery(element.get().as_bytes(), &format!("{name}:#{index}"), settings));
                     if batch.len() == BATCH {
                         write_batch(connection, &mut batch, recent, &mut summary, &bar)?;
                     }
@@ -241,8 +215,7 @@ fn import_file(
             }
             Err(error) => {
                 let reason = format!("{name}:{}: invalid JSON array ({error})", error.line());
-                let mut pending =
-                    invalid_delivery(text.as_bytes(), &name, settings, reason.clone());
+                let mut pending = invalid_delivery(text.as_bytes(), &name, settings, reason.clone());
                 pending.problems.push((
                     Problem::InvalidJson,
                     format!("{reason}; the whole file is kept as one quarantined delivery"),
@@ -256,9 +229,7 @@ fn import_file(
         let mut line = Vec::new();
         loop {
             line.clear();
-            let read = reader
-                .read_until(b'\n', &mut line)
-                .with_context(|| format!("cannot read {name}"))?;
+            let read = reader.read_until(b'\n', &mut line).with_context(|| format!("cannot read {name}"))?;
             if read == 0 {
                 break;
             }
@@ -272,16 +243,10 @@ fn import_file(
             let pending = match parse_json(body) {
                 Ok(_) => element_delivery(body, &location, settings),
                 Err(reason) => {
-                    let mut pending = invalid_delivery(
-                        body,
-                        &location,
-                        settings,
-                        format!("{location}: {reason}"),
-                    );
-                    pending.problems.push((
-                        Problem::InvalidJson,
-                        format!("{location}: {reason}; kept as a quarantined delivery"),
-                    ));
+                    let mut pending = invalid_delivery(body, &location, settings, format!("{location}: {reason}"));
+                    pending
+                        .problems
+                        .push((Problem::InvalidJson, format!("{location}: {reason}; kept as a quarantined delivery")));
                     pending
                 }
             };
@@ -325,15 +290,9 @@ fn element_delivery(body: &[u8], location: &str, settings: &Settings) -> Pending
             None => {
                 let reason = match member(field) {
                     None => format!("{location}: no member {field}"),
-                    Some(value) => format!(
-                        "{location}: member {field} is {}, not a kind slug",
-                        shorten(&value.to_string())
-                    ),
+                    Some(value) => format!("{location}: member {field} is {}, not a kind slug", shorten(&value.to_string())),
                 };
-                problems.push((
-                    Problem::NoKind,
-                    format!("{reason}; kept as a quarantined delivery"),
-                ));
+                problems.push((Problem::NoKind, format!("{reason}; kept as a quarantined delivery")));
                 missing_kind = Some(reason);
                 "unknown".to_string()
             }
@@ -344,9 +303,7 @@ fn element_delivery(body: &[u8], location: &str, settings: &Settings) -> Pending
     let mut received_at = None;
     if let Some(field) = &settings.received_at_field {
         let problem = match member(field) {
-            None => Some(format!(
-                "{location}: no member {field}; using the import time"
-            )),
+            None => Some(format!("{location}: no member {field}; using the import time")),
             Some(value) => {
                 let text = scalar_text(value).unwrap_or_else(|| value.to_string());
                 match scalar_text(value).map(|text| parse_event_time(&text)) {
@@ -371,12 +328,7 @@ fn element_delivery(body: &[u8], location: &str, settings: &Settings) -> Pending
     }
 
     let received_at = received_at.unwrap_or_else(now_text);
-    let mut delivery = Delivery::new(
-        &kind,
-        body.to_vec(),
-        Some("application/json".to_string()),
-        received_at,
-    );
+    let mut delivery = Delivery::new(&kind, body.to_vec(), Some("application/json".to_string()), received_at);
     if let Some(reason) = missing_kind {
         delivery.parsed = Parsed::Quarantined(reason);
     }
@@ -405,17 +357,11 @@ fn shorten(text: &str) -> String {
 
 /// Builds the quarantined delivery of a line (or file) that is not JSON.
 fn invalid_delivery(body: &[u8], location: &str, settings: &Settings, reason: String) -> Pending {
-    let kind = settings
-        .kind
-        .clone()
-        .unwrap_or_else(|| "unknown".to_string());
+    let kind = settings.kind.clone().unwrap_or_else(|| "unknown".to_string());
     let mut delivery = Delivery::new(&kind, body.to_vec(), None, now_text());
     delivery.parsed = Parsed::Quarantined(reason);
     delivery.source = Some(format!("import {location}"));
-    Pending {
-        delivery,
-        problems: Vec::new(),
-    }
+    Pending { delivery, problems: Vec::new() }
 }
 
 /// Writes `batch` in one transaction. An element is skipped when an earlier

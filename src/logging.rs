@@ -19,8 +19,7 @@ pub enum LogFormat {
 
 /// Starts logging to stderr at `info`, or at the level `RUST_LOG` sets.
 pub fn init(format: LogFormat) {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if format == LogFormat::Json {
         builder.format(|out, record| {
             let line = serde_json::json!({
@@ -69,31 +68,18 @@ impl Throttle {
             let repeats = std::mem::take(&mut entry.suppressed);
             entry.logged_at = now;
             if repeats > 0 {
-                log::error!(
-                    "{message} (and {repeats} more times in the last {} s)",
-                    REPEAT_INTERVAL.as_secs()
-                );
+                log::error!("{message} (and {repeats} more times in the last {} s)", REPEAT_INTERVAL.as_secs());
             } else {
                 log::error!("{message}");
             }
             return;
         }
         if seen.len() >= MAX_KEYS {
-            if let Some(oldest) = seen
-                .iter()
-                .min_by_key(|(_, entry)| entry.logged_at)
-                .map(|(key, _)| key.clone())
-            {
+            if let Some(oldest) = seen.iter().min_by_key(|(_, entry)| entry.logged_at).map(|(key, _)| key.clone()) {
                 seen.remove(&oldest);
             }
         }
-        seen.insert(
-            key.to_string(),
-            Seen {
-                logged_at: now,
-                suppressed: 0,
-            },
-        );
+        seen.insert(key.to_string(), Seen { logged_at: now, suppressed: 0 });
         log::error!("{message}");
     }
 

@@ -57,8 +57,7 @@ pub fn parse_json(body: &[u8]) -> Result<Json, String> {
             if repaired == text {
                 return Err(format!("body is not valid JSON: {first_error}"));
             }
-            serde_json::from_str(&repaired)
-                .map_err(|_| format!("body is not valid JSON: {first_error}"))
+            serde_json::from_str(&repaired).map_err(|_| format!("body is not valid JSON: {first_error}"))
         }
     }
 }
@@ -96,8 +95,7 @@ fn replace_lone_surrogates(text: &str) -> String {
         let is_low = (0xDC00..0xE000).contains(&unit);
         let pairs_with_next = is_high
             && is_escape_at(bytes, index + escape_len)
-            && hex_at(bytes, index + escape_len + 2)
-                .is_some_and(|next| (0xDC00..0xE000).contains(&next));
+            && hex_at(bytes, index + escape_len + 2).is_some_and(|next| (0xDC00..0xE000).contains(&next));
         if pairs_with_next {
             index += 2 * escape_len;
         } else if is_high || is_low {
@@ -124,10 +122,7 @@ pub fn normalize(kind: &Kind, body: &[u8]) -> Result<Row, String> {
 
 fn normalize_object(kind: &Kind, json: &Json) -> Result<Row, String> {
     let Json::Object(object) = json else {
-        return Err(format!(
-            "body is JSON but not an object (found {})",
-            json_type(json)
-        ));
+        return Err(format!("body is JSON but not an object (found {})", json_type(json)));
     };
     let members = canonical_members(object);
 
@@ -141,16 +136,11 @@ fn normalize_object(kind: &Kind, json: &Json) -> Result<Row, String> {
             .unwrap_or((field.keys[0], &Json::Null));
         match field.ty {
             FieldType::Text => values.push(read_text(value)),
-            FieldType::Integer => {
-                values.push(read_integer(value).map_err(|error| in_field(field_name, error))?)
-            }
-            FieldType::Bool => {
-                values.push(read_bool(value).map_err(|error| in_field(field_name, error))?)
-            }
+            FieldType::Integer => values.push(read_integer(value).map_err(|error| in_field(field_name, error))?),
+            FieldType::Bool => values.push(read_bool(value).map_err(|error| in_field(field_name, error))?),
             FieldType::Json => values.push(read_json(value)),
             FieldType::Time { .. } => {
-                let (normalized, text) =
-                    read_time(value).map_err(|error| in_field(field_name, error))?;
+                let (normalized, text) = read_time(value).map_err(|error| in_field(field_name, error))?;
                 values.push(normalized);
                 values.push(text);
             }
@@ -239,9 +229,7 @@ fn canonical_members(object: &serde_json::Map<String, Json>) -> HashMap<String, 
 
     let mut members: HashMap<String, (&str, &Json)> = HashMap::with_capacity(object.len());
     for (key, value) in object {
-        let entry = members
-            .entry(canonical_key(key))
-            .or_insert((key.as_str(), value));
+        let entry = members.entry(canonical_key(key)).or_insert((key.as_str(), value));
         if is_empty(entry.1) && !is_empty(value) {
             *entry = (key.as_str(), value);
         }
@@ -290,10 +278,7 @@ fn read_integer(value: &Json) -> Result<Value, String> {
         Json::Number(number) => {
             if let Some(integer) = number.as_i64() {
                 Ok(Value::Integer(integer))
-            } else if let Some(float) = number
-                .as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT_FLOAT_LIMIT)
-            {
+            } else if let Some(float) = number.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= EXACT_FLOAT_LIMIT) {
                 Ok(Value::Integer(float as i64))
             } else {
                 Err(format!("{number} is not an integer that fits in 64 bits"))
@@ -319,11 +304,7 @@ fn read_bool(value: &Json) -> Result<Value, String> {
             "" => return Ok(Value::Null),
             "true" | "1" | "yes" | "y" => true,
             "false" | "0" | "no" | "n" => false,
-            _ => {
-                return Err(format!(
-                    "'{text}' is not a boolean (expected true, false, yes, no, 1 or 0)"
-                ))
-            }
+            _ => return Err(format!("'{text}' is not a boolean (expected true, false, yes, no, 1 or 0)")),
         },
         other => return Err(format!("expected a boolean, found {}", json_type(other))),
     };
@@ -337,20 +318,14 @@ fn read_time(value: &Json) -> Result<(Value, Value), String> {
         Json::String(text) if text.trim().is_empty() => Ok((Value::Null, Value::Null)),
         Json::String(text) => {
             let normalized = parse_event_time(text)?;
-            Ok((
-                normalized.map_or(Value::Null, |time| Value::Text(format_utc(time))),
-                Value::Text(text.clone()),
-            ))
+            Ok((normalized.map_or(Value::Null, |time| Value::Text(format_utc(time))), Value::Text(text.clone())))
         }
         Json::Number(number) => {
             let time = number
                 .as_i64()
                 .and_then(from_unix_number)
                 .ok_or_else(|| format!("{number} is not a Unix time"))?;
-            Ok((
-                Value::Text(format_utc(time)),
-                Value::Text(number.to_string()),
-            ))
+            Ok((Value::Text(format_utc(time)), Value::Text(number.to_string())))
         }
         other => Err(format!("expected a date, found {}", json_type(other))),
     }
@@ -362,11 +337,7 @@ mod tests {
     use crate::catalog::by_slug;
 
     fn column(kind: &Kind, row: &Row, name: &str) -> Value {
-        let index = kind
-            .columns()
-            .iter()
-            .position(|c| *c == name)
-            .expect("known column");
+        let index = kind.columns().iter().position(|c| *c == name).expect("known column");
         row.values[index].clone()
     }
 
@@ -381,14 +352,8 @@ mod tests {
         let row = normalize(kind, body).unwrap();
         assert_eq!(column(kind, &row, "dsid"), text("abc"));
         assert_eq!(column(kind, &row, "is_spam_complaint"), Value::Integer(0));
-        assert_eq!(
-            column(kind, &row, "bounced_at"),
-            text("2026-03-01T14:05:09.517Z")
-        );
-        assert_eq!(
-            column(kind, &row, "date_text"),
-            text("2026-03-01T14:05:09.517")
-        );
+        assert_eq!(column(kind, &row, "bounced_at"), text("2026-03-01T14:05:09.517Z"));
+        assert_eq!(column(kind, &row, "date_text"), text("2026-03-01T14:05:09.517"));
         assert_eq!(row.dsid.as_deref(), Some("abc"));
     }
 
@@ -396,15 +361,9 @@ mod tests {
     fn lead_id_beyond_2_pow_53_is_exact() {
         let kind = by_slug("lead-created").unwrap();
         let row = normalize(kind, br#"{"id":9007199254740993,"dsid":"x"}"#).unwrap();
-        assert_eq!(
-            column(kind, &row, "lead_id"),
-            Value::Integer(9_007_199_254_740_993)
-        );
+        assert_eq!(column(kind, &row, "lead_id"), Value::Integer(9_007_199_254_740_993));
         let row = normalize(kind, br#"{"id":"9007199254740995","dsid":"x"}"#).unwrap();
-        assert_eq!(
-            column(kind, &row, "lead_id"),
-            Value::Integer(9_007_199_254_740_995)
-        );
+        assert_eq!(column(kind, &row, "lead_id"), Value::Integer(9_007_199_254_740_995));
     }
 
     #[test]
@@ -412,10 +371,7 @@ mod tests {
         let kind = by_slug("text-reply").unwrap();
         let body = b"\xEF\xBB\xBF{\"dsid\":\"d\",\"mobile\":\"555\",\"message\":\"hi \\ud83d and \\\\ud83d \\ud83d\\ude00\"}";
         let row = normalize(kind, body).unwrap();
-        assert_eq!(
-            column(kind, &row, "message"),
-            text("hi \u{FFFD} and \\ud83d \u{1F600}")
-        );
+        assert_eq!(column(kind, &row, "message"), text("hi \u{FFFD} and \\ud83d \u{1F600}"));
     }
 
     #[test]
@@ -436,11 +392,7 @@ mod tests {
         let row = normalize(kind, br#"[{"Message":"boom"},{"dsId":"c1"}]"#).unwrap();
         assert_eq!(row.values[0], text("c1"));
         assert_eq!(row.values[1], text("boom"));
-        let row = normalize(
-            kind,
-            br#"{"exception":{"message":"bad"},"originalObject":{"email":"a@example.com"}}"#,
-        )
-        .unwrap();
+        let row = normalize(kind, br#"{"exception":{"message":"bad"},"originalObject":{"email":"a@example.com"}}"#).unwrap();
         assert_eq!(row.values[1], text("bad"));
         assert_eq!(row.values[3], text(r#"{"email":"a@example.com"}"#));
     }

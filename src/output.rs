@@ -77,19 +77,13 @@ impl<W: Write> RowWriter<W> {
     pub fn new(format: Format, columns: &[&str], out: W) -> io::Result<RowWriter<W>> {
         let columns: Vec<String> = columns.iter().map(|column| column.to_string()).collect();
         let sink = match format {
-            Format::Table => Sink::Table {
-                out,
-                rows: Vec::new(),
-            },
+            Format::Table => Sink::Table { out, rows: Vec::new() },
             Format::Csv => {
                 let mut writer = csv::Writer::from_writer(out);
                 writer.write_record(&columns).map_err(csv_to_io)?;
                 Sink::Csv(Box::new(writer))
             }
-            Format::Json => Sink::Json {
-                out,
-                rows_written: 0,
-            },
+            Format::Json => Sink::Json { out, rows_written: 0 },
             Format::Ndjson => Sink::Ndjson(out),
         };
         Ok(RowWriter { columns, sink })
@@ -115,9 +109,7 @@ impl<W: Write> RowWriter<W> {
                             let length = cursor.position() as usize;
                             writer.write_field(&number[..length])
                         }
-                        ValueRef::Text(bytes) if std::str::from_utf8(bytes).is_ok() => {
-                            writer.write_field(bytes)
-                        }
+                        ValueRef::Text(bytes) if std::str::from_utf8(bytes).is_ok() => writer.write_field(bytes),
                         other => writer.write_field(plain_text(other).as_bytes()),
                     }
                     .map_err(csv_to_io)?;
@@ -145,10 +137,7 @@ impl<W: Write> RowWriter<W> {
                 out.flush()
             }
             Sink::Csv(mut writer) => writer.flush(),
-            Sink::Json {
-                mut out,
-                rows_written,
-            } => {
+            Sink::Json { mut out, rows_written } => {
                 out.write_all(if rows_written == 0 { b"[]\n" } else { b"\n]\n" })?;
                 out.flush()
             }
@@ -190,10 +179,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Builds one JSON object with a member per column: integers and reals as
 /// numbers, NULL as null, text as a string, a blob as a hex string.
-fn json_object(
-    columns: &[String],
-    values: &[ValueRef<'_>],
-) -> serde_json::Map<String, serde_json::Value> {
+fn json_object(columns: &[String], values: &[ValueRef<'_>]) -> serde_json::Map<String, serde_json::Value> {
     columns
         .iter()
         .zip(values)
@@ -207,9 +193,7 @@ fn json_value(value: ValueRef<'_>) -> serde_json::Value {
         ValueRef::Null => Json::Null,
         ValueRef::Integer(number) => Json::from(number),
         // JSON has no NaN or infinity.
-        ValueRef::Real(number) => {
-            serde_json::Number::from_f64(number).map_or(Json::Null, Json::Number)
-        }
+        ValueRef::Real(number) => serde_json::Number::from_f64(number).map_or(Json::Null, Json::Number),
         ValueRef::Text(bytes) => Json::String(String::from_utf8_lossy(bytes).into_owned()),
         ValueRef::Blob(bytes) => Json::String(hex(bytes)),
     }
@@ -223,13 +207,7 @@ fn table_cell(value: ValueRef<'_>) -> Cell {
     let text = if plain.chars().any(char::is_control) {
         plain
             .chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
+            .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
             .collect()
     } else {
         plain.into_owned()
@@ -264,12 +242,7 @@ fn write_table(out: &mut impl Write, columns: &[String], rows: &[Vec<Cell>]) -> 
     Ok(())
 }
 
-fn write_table_line(
-    out: &mut impl Write,
-    texts: &[&str],
-    widths: &[usize],
-    right_aligned: &[bool],
-) -> io::Result<()> {
+fn write_table_line(out: &mut impl Write, texts: &[&str], widths: &[usize], right_aligned: &[bool]) -> io::Result<()> {
     let mut line = String::new();
     for (index, text) in texts.iter().enumerate() {
         if index > 0 {
@@ -326,18 +299,8 @@ mod tests {
     #[test]
     fn json_uses_json_types() {
         let rows = vec![
-            vec![
-                ValueRef::Integer(1),
-                ValueRef::Text(b"x"),
-                ValueRef::Null,
-                ValueRef::Real(0.5),
-            ],
-            vec![
-                ValueRef::Integer(-2),
-                ValueRef::Text(b"bad \xFF byte"),
-                ValueRef::Blob(b"\x01\xAB"),
-                ValueRef::Real(f64::NAN),
-            ],
+            vec![ValueRef::Integer(1), ValueRef::Text(b"x"), ValueRef::Null, ValueRef::Real(0.5)],
+            vec![ValueRef::Integer(-2), ValueRef::Text(b"bad \xFF byte"), ValueRef::Blob(b"\x01\xAB"), ValueRef::Real(f64::NAN)],
         ];
         let output = render(Format::Json, &["n", "t", "z", "r"], &rows);
         let parsed: serde_json::Value = serde_json::from_str(&output).unwrap();
@@ -358,25 +321,14 @@ mod tests {
     #[test]
     fn ndjson_writes_one_object_per_line() {
         let rows = vec![vec![ValueRef::Integer(1)], vec![ValueRef::Integer(2)]];
-        assert_eq!(
-            render(Format::Ndjson, &["id"], &rows),
-            "{\"id\":1}\n{\"id\":2}\n"
-        );
+        assert_eq!(render(Format::Ndjson, &["id"], &rows), "{\"id\":1}\n{\"id\":2}\n");
     }
 
     #[test]
     fn table_aligns_columns() {
         let rows = vec![
-            vec![
-                ValueRef::Integer(5),
-                ValueRef::Text(b"short"),
-                ValueRef::Text(b"x"),
-            ],
-            vec![
-                ValueRef::Integer(1234),
-                ValueRef::Text(b"a longer text"),
-                ValueRef::Null,
-            ],
+            vec![ValueRef::Integer(5), ValueRef::Text(b"short"), ValueRef::Text(b"x")],
+            vec![ValueRef::Integer(1234), ValueRef::Text(b"a longer text"), ValueRef::Null],
         ];
         let output = render(Format::Table, &["id", "name", "end"], &rows);
         let expected = [
@@ -391,10 +343,7 @@ mod tests {
     #[test]
     fn table_escapes_newlines_and_counts_wide_characters() {
         let rows = vec![
-            vec![
-                ValueRef::Text("line one\nline two".as_bytes()),
-                ValueRef::Integer(1),
-            ],
+            vec![ValueRef::Text("line one\nline two".as_bytes()), ValueRef::Integer(1)],
             vec![ValueRef::Text("日本".as_bytes()), ValueRef::Integer(2)],
         ];
         let output = render(Format::Table, &["message", "id"], &rows);
@@ -409,8 +358,7 @@ mod tests {
 
     #[test]
     fn broken_pipe_is_recognized_through_context() {
-        let error =
-            anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe)).context("writing rows");
+        let error = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe)).context("writing rows");
         assert!(is_broken_pipe(&error));
         let other = anyhow::Error::new(io::Error::from(io::ErrorKind::NotFound));
         assert!(!is_broken_pipe(&other));

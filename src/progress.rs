@@ -6,10 +6,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// Returns a bar counting `total` items, labelled `label`.
 pub fn bar(total: u64, label: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    let style =
-        ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)")
-            .expect("valid progress template")
-            .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)")
+        .expect("valid progress template")
+        .progress_chars("=> ");
     bar.set_style(style);
     bar.set_prefix(label.to_string());
     bar
@@ -18,11 +17,9 @@ pub fn bar(total: u64, label: &str) -> ProgressBar {
 /// Returns a bar counting `total` bytes, labelled `label`.
 pub fn bytes_bar(total: u64, label: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "{prefix} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
-    )
-    .expect("valid progress template")
-    .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{prefix} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)")
+        .expect("valid progress template")
+        .progress_chars("=> ");
     bar.set_style(style);
     bar.set_prefix(label.to_string());
     bar

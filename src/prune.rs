@@ -42,17 +42,8 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let age = parse_positive_duration("--raw-older-than", &args.raw_older_than)?;
     let cutoff = format_utc(chrono::Utc::now() - age);
     let mut connection = crate::store::open_existing(&args.db.db)?;
-    let summary = prune(
-        &mut connection,
-        &cutoff,
-        args.include_quarantined,
-        args.dry_run,
-    )?;
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
+    let summary = prune(&mut connection, &cutoff, args.include_quarantined, args.dry_run)?;
+    let verb = if args.dry_run { "would remove" } else { "removed" };
     println!(
         "{verb} {} raw bodies received before {cutoff}, {} bytes; delivery and normalized rows are kept",
         summary.bodies, summary.bytes
@@ -64,17 +55,10 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
 }
 
 /// Removes the bodies of deliveries received before `cutoff` (stored text).
-pub fn prune(
-    connection: &mut Connection,
-    cutoff: &str,
-    include_quarantined: bool,
-    dry_run: bool,
-) -> anyhow::Result<PruneSummary> {
+pub fn prune(connection: &mut Connection, cutoff: &str, include_quarantined: bool, dry_run: bool) -> anyhow::Result<PruneSummary> {
     let selection = "body IS NOT NULL AND received_at < ?1 AND (?2 OR outcome = 'stored')";
     let (bodies, bytes): (u64, u64) = connection.query_row(
-        &format!(
-            "SELECT count(*), coalesce(sum(length(body)), 0) FROM deliveries WHERE {selection}"
-        ),
+        &format!("SELECT count(*), coalesce(sum(length(body)), 0) FROM deliveries WHERE {selection}"),
         params![cutoff, include_quarantined],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;

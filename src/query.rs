@@ -16,8 +16,8 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql};
 
 use crate::catalog;
-use crate::cli::{DbArg, UsageError};
 use crate::consent;
+use crate::cli::{DbArg, UsageError};
 use crate::output::{self, Format, RowWriter};
 use crate::store;
 use crate::time;
@@ -250,11 +250,7 @@ fn opt_outs(args: OptOutsArgs) -> anyhow::Result<()> {
     );
     window.apply(&mut select, "received_at >= :since", "received_at < :until");
     if let Some(channel) = args.channel {
-        select.bind(
-            "channel = :channel",
-            ":channel",
-            channel.as_str().to_string(),
-        );
+        select.bind("channel = :channel", ":channel", channel.as_str().to_string());
     }
     if let Some(dsid) = args.dsid {
         select.bind("dsid = :dsid", ":dsid", dsid);
@@ -276,37 +272,18 @@ fn current_opt_outs(args: OptOutsArgs, window: TimeWindow) -> anyhow::Result<()>
     let connection = store::open_for_reading(database)?;
     let channels: Vec<consent::Channel> = consent::CHANNELS
         .iter()
-        .filter(|channel| {
-            args.channel
-                .is_none_or(|wanted| wanted.as_str() == channel.name)
-        })
+        .filter(|channel| args.channel.is_none_or(|wanted| wanted.as_str() == channel.name))
         .copied()
         .collect();
     let mut changes: Vec<consent::Change> = consent::newest_changes(&connection, &channels)
         .with_context(|| query_failed(database))?
         .into_iter()
         .filter(|change| change.opted_out)
-        .filter(|change| {
-            args.dsid
-                .as_ref()
-                .is_none_or(|dsid| change.dsid.as_ref() == Some(dsid))
-        })
-        .filter(|change| {
-            window
-                .since
-                .as_ref()
-                .is_none_or(|since| change.changed_at >= *since)
-        })
-        .filter(|change| {
-            window
-                .until
-                .as_ref()
-                .is_none_or(|until| change.changed_at < *until)
-        })
+        .filter(|change| args.dsid.as_ref().is_none_or(|dsid| change.dsid.as_ref() == Some(dsid)))
+        .filter(|change| window.since.as_ref().is_none_or(|since| change.changed_at >= *since))
+        .filter(|change| window.until.as_ref().is_none_or(|until| change.changed_at < *until))
         .collect();
-    changes.sort_unstable_by(|a, b| {
-        (&b.changed_at, b.delivery_id).cmp(&(&a.changed_at, a.delivery_id))
-    });
+    changes.sort_unstable_by(|a, b| (&b.changed_at, b.delivery_id).cmp(&(&a.changed_at, a.delivery_id)));
     if let Some(limit) = args.limit {
         changes.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }
@@ -327,9 +304,7 @@ fn current_opt_outs(args: OptOutsArgs, window: TimeWindow) -> anyhow::Result<()>
 }
 
 fn optional_text(value: &Option<String>) -> ValueRef<'_> {
-    value
-        .as_deref()
-        .map_or(ValueRef::Null, |text| ValueRef::Text(text.as_bytes()))
+    value.as_deref().map_or(ValueRef::Null, |text| ValueRef::Text(text.as_bytes()))
 }
 
 fn bounces(args: BouncesArgs) -> anyhow::Result<()> {
@@ -346,9 +321,7 @@ fn bounces(args: BouncesArgs) -> anyhow::Result<()> {
     // as the views do. A join to deliveries read a row of that large table,
     // bodies and all, for every bounce: 180 ms instead of 110 ms for 80,000
     // bounces.
-    select.condition(
-        "b.delivery_id NOT IN (SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL)",
-    );
+    select.condition("b.delivery_id NOT IN (SELECT id FROM deliveries WHERE duplicate_of IS NOT NULL)");
     if args.spam_only {
         select.condition("b.is_spam_complaint = 1");
     }
@@ -358,11 +331,7 @@ fn bounces(args: BouncesArgs) -> anyhow::Result<()> {
     if let Some(dsid) = args.dsid {
         select.bind("b.dsid = :dsid", ":dsid", dsid);
     }
-    window.apply(
-        &mut select,
-        "b.received_at >= :since",
-        "b.received_at < :until",
-    );
+    window.apply(&mut select, "b.received_at >= :since", "b.received_at < :until");
     select.limit(args.limit);
 
     let connection = store::open_for_reading(&args.common.db.db)?;
@@ -391,9 +360,7 @@ fn lead_status(args: LeadStatusArgs) -> anyhow::Result<()> {
     // lead's history first.
     let leads = match (args.lead, &args.dsid) {
         (Some(lead), _) => vec![Value::Integer(lead)],
-        (None, Some(dsid)) => {
-            leads_of_contact(&connection, dsid).with_context(|| query_failed(database))?
-        }
+        (None, Some(dsid)) => leads_of_contact(&connection, dsid).with_context(|| query_failed(database))?,
         (None, None) => return lead_histories(&connection, &window, args.limit, &args.common),
     };
 
@@ -424,12 +391,7 @@ fn lead_status(args: LeadStatusArgs) -> anyhow::Result<()> {
 /// and on 1,000,000 deliveries that lookup was half of its time. A test
 /// compares the two. --since and --until pick rows after the previous
 /// status is known, so the first change in the window still shows it.
-fn lead_histories(
-    connection: &Connection,
-    window: &TimeWindow,
-    limit: Option<i64>,
-    common: &CommonArgs,
-) -> anyhow::Result<()> {
+fn lead_histories(connection: &Connection, window: &TimeWindow, limit: Option<i64>, common: &CommonArgs) -> anyhow::Result<()> {
     let database = &common.db.db;
     let retries = store::retry_ids(connection).with_context(|| query_failed(database))?;
     let mut statement = connection
@@ -438,18 +400,9 @@ fn lead_histories(
               ORDER BY lead_id, received_at, delivery_id",
         )
         .with_context(|| query_failed(database))?;
-    let mut rows = statement
-        .query([])
-        .with_context(|| query_failed(database))?;
+    let mut rows = statement.query([]).with_context(|| query_failed(database))?;
 
-    let columns = [
-        "lead_id",
-        "dsid",
-        "previous_status",
-        "status",
-        "changed_at",
-        "delivery_id",
-    ];
+    let columns = ["lead_id", "dsid", "previous_status", "status", "changed_at", "delivery_id"];
     let mut writer = RowWriter::new(output_format(common), &columns, stdout_writer())?;
     let mut remaining = limit;
     // The lead and status of the last change read that is not a retry.
@@ -463,19 +416,11 @@ fn lead_histories(
         let status = owned(row.get_ref(2)?);
         let changed_at = row.get_ref(3)?.as_str().unwrap_or_default();
         let previous_status = match &previous {
-            Some((previous_lead, previous_status)) if *previous_lead == lead => {
-                ValueRef::from(previous_status)
-            }
+            Some((previous_lead, previous_status)) if *previous_lead == lead => ValueRef::from(previous_status),
             _ => ValueRef::Null,
         };
-        let in_window = window
-            .since
-            .as_deref()
-            .is_none_or(|since| changed_at >= since)
-            && window
-                .until
-                .as_deref()
-                .is_none_or(|until| changed_at < until);
+        let in_window = window.since.as_deref().is_none_or(|since| changed_at >= since)
+            && window.until.as_deref().is_none_or(|until| changed_at < until);
         if in_window {
             if remaining == Some(0) {
                 break;
@@ -509,9 +454,8 @@ fn owned(value: ValueRef<'_>) -> Value {
 /// Returns the lead ids (NULL included) of a contact's lead status
 /// changes, in ascending order as `ORDER BY lead_id` sorts them.
 fn leads_of_contact(connection: &Connection, dsid: &str) -> rusqlite::Result<Vec<Value>> {
-    let mut statement = connection.prepare(
-        "SELECT DISTINCT lead_id FROM lead_status_changes WHERE dsid = ?1 ORDER BY lead_id",
-    )?;
+    let mut statement = connection
+        .prepare("SELECT DISTINCT lead_id FROM lead_status_changes WHERE dsid = ?1 ORDER BY lead_id")?;
     let leads = statement.query_map([dsid], |row| row.get::<_, Value>(0))?;
     leads.collect()
 }
@@ -550,12 +494,8 @@ fn contact(args: ContactArgs) -> anyhow::Result<()> {
 
     let database = &args.common.db.db;
     let connection = store::open_for_reading(database)?;
-    let mut statement = connection
-        .prepare(&select.sql())
-        .with_context(|| query_failed(database))?;
-    let mut rows = statement
-        .query(select.params().as_slice())
-        .with_context(|| query_failed(database))?;
+    let mut statement = connection.prepare(&select.sql()).with_context(|| query_failed(database))?;
+    let mut rows = statement.query(select.params().as_slice()).with_context(|| query_failed(database))?;
 
     let columns = ["received_at", "kind", "outcome", "summary", "delivery_id"];
     let mut writer = RowWriter::new(output_format(&args.common), &columns, stdout_writer())?;
@@ -563,8 +503,7 @@ fn contact(args: ContactArgs) -> anyhow::Result<()> {
         let id: i64 = row.get(0)?;
         let kind: String = row.get(2)?;
         let error: Option<String> = row.get(4)?;
-        let summary =
-            summarize(&connection, &kind, id, error).with_context(|| query_failed(database))?;
+        let summary = summarize(&connection, &kind, id, error).with_context(|| query_failed(database))?;
         writer.write_row(&[
             row.get_ref(1)?,
             ValueRef::Text(kind.as_bytes()),
@@ -596,29 +535,16 @@ fn contact_condition() -> &'static str {
 /// Builds the `summary` column of `contact` for delivery `id` from its row
 /// in the kind's table. A delivery without a row (quarantined, or of an
 /// unknown kind) is summarized by its error.
-fn summarize(
-    connection: &Connection,
-    slug: &str,
-    id: i64,
-    error: Option<String>,
-) -> rusqlite::Result<String> {
+fn summarize(connection: &Connection, slug: &str, id: i64, error: Option<String>) -> rusqlite::Result<String> {
     let Some(kind) = catalog::by_slug(slug) else {
         return Ok(error.unwrap_or_default());
     };
     // The table and column names come from the catalogue, never from input.
     let columns = kind.columns();
-    let sql = format!(
-        "SELECT {} FROM {} WHERE delivery_id = ?1",
-        columns.join(", "),
-        kind.table
-    );
+    let sql = format!("SELECT {} FROM {} WHERE delivery_id = ?1", columns.join(", "), kind.table);
     let values: Option<Vec<Value>> = connection
         .prepare_cached(&sql)?
-        .query_row([id], |row| {
-            (0..columns.len())
-                .map(|index| row.get::<_, Value>(index))
-                .collect()
-        })
+        .query_row([id], |row| (0..columns.len()).map(|index| row.get::<_, Value>(index)).collect())
         .optional()?;
     let Some(values) = values else {
         return Ok(error.unwrap_or_default());
@@ -704,10 +630,7 @@ impl TimeWindow {
         let read = |option: &str, value: &Option<String>| {
             value
                 .as_deref()
-                .map(|text| {
-                    time::parse_point(text, now)
-                        .map_err(|message| UsageError(format!("{option}: {message}")))
-                })
+                .map(|text| time::parse_point(text, now).map_err(|message| UsageError(format!("{option}: {message}"))))
                 .transpose()
         };
         let since = read("--since", &options.since)?;
@@ -721,21 +644,13 @@ impl TimeWindow {
                 )));
             }
         }
-        Ok(TimeWindow {
-            since: since.map(time::format_utc),
-            until: until.map(time::format_utc),
-        })
+        Ok(TimeWindow { since: since.map(time::format_utc), until: until.map(time::format_utc) })
     }
 
     /// Adds the bounds that were given, with the conditions of the report's
     /// time column. Stored times are ISO-8601 UTC text of one fixed width,
     /// so comparing text compares times.
-    fn apply(
-        &self,
-        select: &mut Select,
-        since_condition: &'static str,
-        until_condition: &'static str,
-    ) {
+    fn apply(&self, select: &mut Select, since_condition: &'static str, until_condition: &'static str) {
         if let Some(since) = &self.since {
             select.bind(since_condition, ":since", since.clone());
         }
@@ -757,13 +672,7 @@ struct Select {
 
 impl Select {
     fn new(from: &'static str, order_by: &'static str) -> Select {
-        Select {
-            from,
-            conditions: Vec::new(),
-            params: Vec::new(),
-            order_by,
-            limit: None,
-        }
+        Select { from, conditions: Vec::new(), params: Vec::new(), order_by, limit: None }
     }
 
     /// Adds a condition that has no parameter.
@@ -798,11 +707,8 @@ impl Select {
     }
 
     fn params(&self) -> Vec<(&str, &dyn ToSql)> {
-        let mut params: Vec<(&str, &dyn ToSql)> = self
-            .params
-            .iter()
-            .map(|(name, value)| (*name, value as &dyn ToSql))
-            .collect();
+        let mut params: Vec<(&str, &dyn ToSql)> =
+            self.params.iter().map(|(name, value)| (*name, value as &dyn ToSql)).collect();
         if let Some(limit) = &self.limit {
             params.push((":limit", limit));
         }
@@ -811,11 +717,7 @@ impl Select {
 }
 
 /// Runs `select` and writes every row, with the SELECT's column names.
-fn write_select(
-    connection: &Connection,
-    select: &Select,
-    common: &CommonArgs,
-) -> anyhow::Result<()> {
+fn write_select(connection: &Connection, select: &Select, common: &CommonArgs) -> anyhow::Result<()> {
     let database = &common.db.db;
     let columns = column_names(connection, select).with_context(|| query_failed(database))?;
     let column_refs: Vec<&str> = columns.iter().map(String::as_str).collect();
@@ -827,11 +729,7 @@ fn write_select(
 
 fn column_names(connection: &Connection, select: &Select) -> rusqlite::Result<Vec<String>> {
     let statement = connection.prepare_cached(&select.sql())?;
-    Ok(statement
-        .column_names()
-        .into_iter()
-        .map(String::from)
-        .collect())
+    Ok(statement.column_names().into_iter().map(String::from).collect())
 }
 
 /// Writes the rows of `select` to `writer` and returns how many it wrote.
@@ -841,18 +739,12 @@ fn write_rows<W: Write>(
     writer: &mut RowWriter<W>,
     database: &Path,
 ) -> anyhow::Result<i64> {
-    let mut statement = connection
-        .prepare_cached(&select.sql())
-        .with_context(|| query_failed(database))?;
+    let mut statement = connection.prepare_cached(&select.sql()).with_context(|| query_failed(database))?;
     let column_count = statement.column_count();
-    let mut rows = statement
-        .query(select.params().as_slice())
-        .with_context(|| query_failed(database))?;
+    let mut rows = statement.query(select.params().as_slice()).with_context(|| query_failed(database))?;
     let mut written = 0;
     while let Some(row) = rows.next().with_context(|| query_failed(database))? {
-        let values = (0..column_count)
-            .map(|index| row.get_ref(index))
-            .collect::<Result<Vec<_>, _>>()?;
+        let values = (0..column_count).map(|index| row.get_ref(index)).collect::<Result<Vec<_>, _>>()?;
         writer.write_row(&values)?;
         written += 1;
     }
@@ -890,11 +782,7 @@ fn parse_lead(text: &str) -> Result<i64, String> {
 /// Reads `--domain` the way `email_bounces.email_domain` stores it:
 /// lowercase, without the @.
 fn normalize_domain(text: &str) -> Result<String, UsageError> {
-    let domain = text
-        .trim()
-        .strip_prefix('@')
-        .unwrap_or(text.trim())
-        .to_lowercase();
+    let domain = text.trim().strip_prefix('@').unwrap_or(text.trim()).to_lowercase();
     if domain.is_empty() || domain.contains('@') {
         return Err(UsageError(format!(
             "invalid --domain '{text}': expected a domain such as example.com"

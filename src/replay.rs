@@ -50,11 +50,7 @@ pub struct ReplaySummary {
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     if let Some(kind) = &args.kind {
         if catalog::by_slug(kind).is_none() {
-            return Err(UsageError(format!(
-                "unknown kind '{kind}'; the known kinds are {}",
-                catalog::slug_list()
-            ))
-            .into());
+            return Err(UsageError(format!("unknown kind '{kind}'; the known kinds are {}", catalog::slug_list())).into());
         }
     }
     let mut connection = store::open_existing(&args.db.db)?;
@@ -73,11 +69,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
 
 /// Re-normalizes the selected deliveries. Running it twice changes nothing
 /// the second time.
-pub fn replay(
-    connection: &mut Connection,
-    kind: Option<&str>,
-    all: bool,
-) -> anyhow::Result<ReplaySummary> {
+pub fn replay(connection: &mut Connection, kind: Option<&str>, all: bool) -> anyhow::Result<ReplaySummary> {
     let selection = "(?1 IS NULL OR kind = ?1) AND (?2 OR outcome <> 'stored')";
     let total: u64 = connection.query_row(
         &format!("SELECT count(*) FROM deliveries WHERE {selection}"),
@@ -90,29 +82,13 @@ pub fn replay(
 
     loop {
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let batch: Vec<(
-            i64,
-            String,
-            String,
-            Option<Vec<u8>>,
-            String,
-            Option<String>,
-            Option<String>,
-        )> = {
+        let batch: Vec<(i64, String, String, Option<Vec<u8>>, String, Option<String>, Option<String>)> = {
             let mut statement = tx.prepare_cached(&format!(
                 "SELECT id, received_at, kind, body, outcome, error, dsid FROM deliveries
                   WHERE id > ?3 AND {selection} ORDER BY id LIMIT ?4"
             ))?;
             let rows = statement.query_map(params![kind, all, after_id, BATCH as i64], |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
-                    row.get(6)?,
-                ))
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?))
             })?;
             rows.collect::<Result<_, _>>()?
         };
@@ -133,8 +109,7 @@ pub fn replay(
                 Parsed::Stored(_, row) => row.dsid.clone(),
                 _ => None,
             };
-            let mut changed =
-                fresh.outcome() != outcome || fresh.reason() != error || fresh_dsid != dsid;
+            let mut changed = fresh.outcome() != outcome || fresh.reason() != error || fresh_dsid != dsid;
 
             match &fresh.parsed {
                 Parsed::Stored(known, row) => {
@@ -145,10 +120,7 @@ pub fn replay(
                 }
                 Parsed::Quarantined(_) | Parsed::UnknownKind => {
                     if let Some(known) = catalog::by_slug(&kind_slug) {
-                        let removed = tx.execute(
-                            &format!("DELETE FROM {} WHERE delivery_id = ?1", known.table),
-                            [id],
-                        )?;
+                        let removed = tx.execute(&format!("DELETE FROM {} WHERE delivery_id = ?1", known.table), [id])?;
                         changed |= removed > 0;
                     }
                 }
@@ -177,35 +149,19 @@ pub fn replay(
 
 /// Returns true if and only if delivery `id` already has a row in the kind's
 /// table holding exactly `values`.
-fn row_matches(
-    connection: &Connection,
-    kind: &catalog::Kind,
-    id: i64,
-    values: &[Value],
-) -> rusqlite::Result<bool> {
-    let sql = format!(
-        "SELECT {} FROM {} WHERE delivery_id = ?1",
-        kind.columns().join(", "),
-        kind.table
-    );
+fn row_matches(connection: &Connection, kind: &catalog::Kind, id: i64, values: &[Value]) -> rusqlite::Result<bool> {
+    let sql = format!("SELECT {} FROM {} WHERE delivery_id = ?1", kind.columns().join(", "), kind.table);
     let existing: Option<Vec<SqlValue>> = connection
         .prepare_cached(&sql)?
-        .query_row([id], |row| {
-            (0..values.len())
-                .map(|index| row.get::<_, SqlValue>(index))
-                .collect()
-        })
+        .query_row([id], |row| (0..values.len()).map(|index| row.get::<_, SqlValue>(index)).collect())
         .optional()?;
     let Some(existing) = existing else {
         return Ok(false);
     };
-    Ok(existing
-        .iter()
-        .zip(values)
-        .all(|(old, new)| match (old, new) {
-            (SqlValue::Null, Value::Null) => true,
-            (SqlValue::Integer(old), Value::Integer(new)) => old == new,
-            (SqlValue::Text(old), Value::Text(new)) => old == new,
-            _ => false,
-        }))
+    Ok(existing.iter().zip(values).all(|(old, new)| match (old, new) {
+        (SqlValue::Null, Value::Null) => true,
+        (SqlValue::Integer(old), Value::Integer(new)) => old == new,
+        (SqlValue::Text(old), Value::Text(new)) => old == new,
+        _ => false,
+    }))
 }

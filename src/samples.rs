@@ -53,14 +53,8 @@ mod tests {
     fn sample_matches_fixture_file() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples");
         for kind in KINDS {
-            let file = std::fs::read(dir.join(format!("{}.json", kind.slug)))
-                .expect("fixture is readable");
-            assert_eq!(
-                sample(kind.slug),
-                Some(file.as_slice()),
-                "sample of {}",
-                kind.slug
-            );
+            let file = std::fs::read(dir.join(format!("{}.json", kind.slug))).expect("fixture is readable");
+            assert_eq!(sample(kind.slug), Some(file.as_slice()), "sample of {}", kind.slug);
         }
     }
 

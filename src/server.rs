@@ -38,12 +38,7 @@ pub struct ServeArgs {
 
     /// Shared secret that senders must give as ?token=SECRET in the URL or
     /// as "Authorization: Bearer SECRET".
-    #[arg(
-        long,
-        env = "DSEVENTS_TOKEN",
-        hide_env_values = true,
-        value_name = "SECRET"
-    )]
+    #[arg(long, env = "DSEVENTS_TOKEN", hide_env_values = true, value_name = "SECRET")]
     pub token: Option<String>,
 
     /// Accept deliveries without a token on a non-loopback address.
@@ -87,9 +82,7 @@ pub struct ServeArgs {
 fn parse_count(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(count) if count >= 1 => Ok(count),
-        _ => Err(format!(
-            "'{text}' is not a count; give a whole number of 1 or more"
-        )),
+        _ => Err(format!("'{text}' is not a count; give a whole number of 1 or more")),
     }
 }
 
@@ -97,30 +90,24 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
     if let Ok(network) = text.parse::<IpNet>() {
         return Ok(network);
     }
-    text.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
-        format!("'{text}' is not a network; expected CIDR such as 203.0.113.0/24 or an address")
-    })
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("'{text}' is not a network; expected CIDR such as 203.0.113.0/24 or an address"))
 }
 
 /// Reads a byte size such as `1048576`, `512K`, `512KiB`, `1M` or `1MiB`.
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(split);
-    let number: usize = digits.parse().map_err(|_| {
-        format!("'{text}' is not a size; expected bytes such as 1048576, 512KiB or 1MiB")
-    })?;
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size; expected bytes such as 1048576, 512KiB or 1MiB"))?;
     let multiplier = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1024,
         "m" | "mb" | "mib" => 1024 * 1024,
-        _ => {
-            return Err(format!(
-                "'{text}' has an unknown unit; use K, KiB, M or MiB"
-            ))
-        }
+        _ => return Err(format!("'{text}' has an unknown unit; use K, KiB, M or MiB")),
     };
     number
         .checked_mul(multiplier)
@@ -166,18 +153,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .into());
     }
     if args.token.as_deref() == Some("") {
-        return Err(UsageError(
-            "--token is empty; give a secret or leave the option out".to_string(),
-        )
-        .into());
+        return Err(UsageError("--token is empty; give a secret or leave the option out".to_string()).into());
     }
 
     limit_malloc_arenas();
     let path = args.db.db.clone();
     let connection = store::open_or_create(&path)?;
     let health = store::open_existing(&path)?;
-    let listener = TcpListener::bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = TcpListener::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
 
     let metrics = Arc::new(Metrics::new(&path));
@@ -187,10 +170,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let batch_metrics = Arc::clone(&metrics);
     let writer = Writer::start(
         connection,
-        WriterConfig {
-            max_batch: args.max_batch,
-            duplicate_window_ms: args.duplicate_window.num_milliseconds(),
-        },
+        WriterConfig { max_batch: args.max_batch, duplicate_window_ms: args.duplicate_window.num_milliseconds() },
         Box::new(move |batch_size| batch_metrics.batch(batch_size)),
     )?;
 
@@ -219,11 +199,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         "serve started: address=http://{address} database={} kinds={} auth={}",
         path.display(),
         catalog::KINDS.len(),
-        if args.token.is_some() {
-            "token"
-        } else {
-            "none"
-        },
+        if args.token.is_some() { "token" } else { "none" },
     );
     // The one line on stdout, so scripts and tests can learn the port.
     println!("dsevents listening on http://{address}");
@@ -237,8 +213,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// Starts the last-delivery gauges from the database, so that a restart
 /// does not look like a kind that went silent.
 fn seed_metrics(connection: &rusqlite::Connection, metrics: &Metrics) -> anyhow::Result<()> {
-    let mut statement =
-        connection.prepare("SELECT kind, max(received_at) FROM deliveries GROUP BY kind")?;
+    let mut statement = connection.prepare("SELECT kind, max(received_at) FROM deliveries GROUP BY kind")?;
     let mut rows = statement.query([])?;
     while let Some(row) = rows.next()? {
         let kind: String = row.get(0)?;
@@ -254,20 +229,17 @@ fn seed_metrics(connection: &rusqlite::Connection, metrics: &Metrics) -> anyhow:
 /// exits at once on the second.
 fn watch_signals(shutdown: Arc<AtomicBool>, address: SocketAddr) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .context("cannot install signal handlers")?;
-    std::thread::Builder::new()
-        .name("signals".to_string())
-        .spawn(move || {
-            for signal in signals.forever() {
-                if shutdown.swap(true, Ordering::SeqCst) {
-                    log::warn!("second signal {signal}: exiting without waiting");
-                    std::process::exit(130);
-                }
-                info!("signal {signal}: finishing requests in flight, then stopping");
-                http::wake_listener(address);
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    std::thread::Builder::new().name("signals".to_string()).spawn(move || {
+        for signal in signals.forever() {
+            if shutdown.swap(true, Ordering::SeqCst) {
+                log::warn!("second signal {signal}: exiting without waiting");
+                std::process::exit(130);
             }
-        })?;
+            info!("signal {signal}: finishing requests in flight, then stopping");
+            http::wake_listener(address);
+        }
+    })?;
     Ok(())
 }
 
@@ -303,9 +275,7 @@ fn route(path: &str) -> Option<Route> {
     let slug = slug.strip_suffix('/').unwrap_or(slug);
     let valid = !slug.is_empty()
         && slug.len() <= 64
-        && slug
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+        && slug.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
     // Slugs are lowercase; a URL typed as /hooks/Email-Bounced means the same.
     valid.then(|| Route::Hook(slug.to_ascii_lowercase()))
 }
@@ -325,11 +295,7 @@ impl App {
             .map(|(_, value)| percent_decode(value));
         let from_header = head
             .header("authorization")
-            .and_then(|value| {
-                value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
-            })
+            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
             .map(|token| token.trim().as_bytes().to_vec());
 
         let mut matched = subtle::Choice::from(0);
@@ -352,9 +318,7 @@ impl App {
         ) {
             Ok(_) => match self.writer.failure() {
                 None => Response::json(200, &json!({ "status": "ok" })),
-                Some(reason) => {
-                    Response::json(503, &json!({ "status": "failing", "error": reason }))
-                }
+                Some(reason) => Response::json(503, &json!({ "status": "failing", "error": reason })),
             },
             Err(cause) => Response::error(503, &format!("database unreachable: {cause}")),
         }
@@ -363,16 +327,8 @@ impl App {
 
 impl Handler for App {
     fn check(&self, head: &Head) -> Result<(), Response> {
-        if !self.allow_from.is_empty()
-            && !self
-                .allow_from
-                .iter()
-                .any(|network| network.contains(&head.peer.ip()))
-        {
-            return Err(Response::error(
-                403,
-                &format!("source address {} is not allowed", head.peer.ip()),
-            ));
+        if !self.allow_from.is_empty() && !self.allow_from.iter().any(|network| network.contains(&head.peer.ip())) {
+            return Err(Response::error(403, &format!("source address {} is not allowed", head.peer.ip())));
         }
         match route(&head.path) {
             None => Err(Response::error(404, "not found; deliveries go to POST /hooks/{kind}")),
@@ -425,22 +381,14 @@ impl Handler for App {
         let unavailable_slug = slug.clone();
         // Runs on the writer's side once the delivery is on disk or failed.
         let reply = Box::new(move |result: Result<store::Receipt, String>| {
-            let counted_as = if result.is_ok() {
-                outcome
-            } else {
-                "unavailable"
-            };
+            let counted_as = if result.is_ok() { outcome } else { "unavailable" };
             metrics.delivery(&slug, counted_as, chrono::Utc::now().timestamp_millis());
             later.answer(delivery_response(result, &slug, outcome, reason, stored));
         });
         match self.writer.submit(delivery, reply) {
             Ok(()) => None,
             Err(reason) => {
-                self.metrics.delivery(
-                    &unavailable_slug,
-                    "unavailable",
-                    chrono::Utc::now().timestamp_millis(),
-                );
+                self.metrics.delivery(&unavailable_slug, "unavailable", chrono::Utc::now().timestamp_millis());
                 Some(Response::error(503, &reason).with_header("Retry-After", "5"))
             }
         }
@@ -449,9 +397,7 @@ impl Handler for App {
     fn record(&self, head: Option<&Head>, status: u16, body_bytes: usize, elapsed: Duration) {
         self.metrics.request(status, elapsed);
         // The path only: the query string can carry the token.
-        let (method, path) = head.map_or(("-", "-"), |head| {
-            (head.method.as_str(), head.path.as_str())
-        });
+        let (method, path) = head.map_or(("-", "-"), |head| (head.method.as_str(), head.path.as_str()));
         let kind = match route(path) {
             Some(Route::Hook(slug)) => slug,
             _ => "-".to_string(),
@@ -478,10 +424,7 @@ fn delivery_response(
                 answer["duplicate_of"] = json!(original);
             }
             if let Some(reason) = reason {
-                info!(
-                    "delivery {} kind={slug} kept as {outcome}: {reason}",
-                    receipt.id
-                );
+                info!("delivery {} kind={slug} kept as {outcome}: {reason}", receipt.id);
                 answer["reason"] = json!(reason);
             }
             Response::json(if stored { 200 } else { 202 }, &answer)
@@ -543,15 +486,9 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert!(
-            matches!(route("/hooks/email-bounced"), Some(Route::Hook(slug)) if slug == "email-bounced")
-        );
-        assert!(
-            matches!(route("/hooks/email-bounced/"), Some(Route::Hook(slug)) if slug == "email-bounced")
-        );
-        assert!(
-            matches!(route("/hooks/EMAIL-Bounced"), Some(Route::Hook(slug)) if slug == "email-bounced")
-        );
+        assert!(matches!(route("/hooks/email-bounced"), Some(Route::Hook(slug)) if slug == "email-bounced"));
+        assert!(matches!(route("/hooks/email-bounced/"), Some(Route::Hook(slug)) if slug == "email-bounced"));
+        assert!(matches!(route("/hooks/EMAIL-Bounced"), Some(Route::Hook(slug)) if slug == "email-bounced"));
         assert!(route("/hooks/").is_none());
         assert!(route("/hooks/a/b").is_none());
         assert!(route("/other").is_none());

@@ -38,12 +38,7 @@ pub struct SimulateArgs {
     pub count: u32,
 
     /// Shared secret of the server, sent as ?token=.
-    #[arg(
-        long,
-        env = "DSEVENTS_TOKEN",
-        hide_env_values = true,
-        value_name = "SECRET"
-    )]
+    #[arg(long, env = "DSEVENTS_TOKEN", hide_env_values = true, value_name = "SECRET")]
     pub token: Option<String>,
 
     /// Seconds to wait for each response, connecting included.
@@ -121,14 +116,12 @@ fn selected_slugs(kinds: &[String]) -> Result<Vec<&'static str>, UsageError> {
     kinds
         .iter()
         .map(|requested| {
-            catalog::by_slug(requested.trim())
-                .map(|kind| kind.slug)
-                .ok_or_else(|| {
-                    UsageError(format!(
-                        "unknown --kind '{requested}'; valid kinds are: {}",
-                        catalog::slug_list()
-                    ))
-                })
+            catalog::by_slug(requested.trim()).map(|kind| kind.slug).ok_or_else(|| {
+                UsageError(format!(
+                    "unknown --kind '{requested}'; valid kinds are: {}",
+                    catalog::slug_list()
+                ))
+            })
         })
         .collect()
 }
@@ -214,12 +207,8 @@ mod tests {
 
     #[test]
     fn unknown_kind_lists_valid_slugs() {
-        let error =
-            selected_slugs(&["lead-created".to_string(), "email-opened".to_string()]).unwrap_err();
+        let error = selected_slugs(&["lead-created".to_string(), "email-opened".to_string()]).unwrap_err();
         assert!(error.0.contains("'email-opened'"), "{error}");
-        assert!(
-            error.0.contains("lead-created, lead-status-changed"),
-            "{error}"
-        );
+        assert!(error.0.contains("lead-created, lead-status-changed"), "{error}");
     }
 }

@@ -26,12 +26,7 @@ pub struct StatusArgs {
 
     /// Warn when a kind that has received deliveries has been silent this
     /// long (s, m, h, d or w).
-    #[arg(
-        long,
-        default_value = "24h",
-        value_name = "DURATION",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, default_value = "24h", value_name = "DURATION", allow_hyphen_values = true)]
     pub silence: String,
 
     /// Exit 1 when there is any warning, for cron jobs and monitoring.
@@ -102,12 +97,7 @@ impl std::fmt::Display for CheckFailed {
 impl std::error::Error for CheckFailed {}
 
 /// Reads the status of the database at `path` as of `now`.
-pub fn read_status(
-    connection: &Connection,
-    path: &Path,
-    silence: chrono::Duration,
-    now: DateTime<Utc>,
-) -> anyhow::Result<Status> {
+pub fn read_status(connection: &Connection, path: &Path, silence: chrono::Duration, now: DateTime<Utc>) -> anyhow::Result<Status> {
     let mut kinds = Vec::new();
     {
         let mut statement = connection.prepare(
@@ -143,19 +133,11 @@ pub fn read_status(
 
     let quarantined = not_stored(connection, "quarantined")?;
     let unknown_kind = not_stored(connection, "unknown_kind")?;
-    let duplicates: i64 = connection.query_row(
-        "SELECT count(*) FROM deliveries WHERE duplicate_of IS NOT NULL",
-        [],
-        |row| row.get(0),
-    )?;
+    let duplicates: i64 = connection.query_row("SELECT count(*) FROM deliveries WHERE duplicate_of IS NOT NULL", [], |row| row.get(0))?;
     let schema_version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     let deliveries = kinds.iter().map(|kind| kind.count).sum();
 
-    let file_size = |path: &Path| {
-        std::fs::metadata(path)
-            .map(|metadata| metadata.len())
-            .unwrap_or(0)
-    };
+    let file_size = |path: &Path| std::fs::metadata(path).map(|metadata| metadata.len()).unwrap_or(0);
     let mut wal_path = path.as_os_str().to_owned();
     wal_path.push("-wal");
 
@@ -176,11 +158,7 @@ pub fn read_status(
     }
     // Only recent quarantines warn, so one old unreadable body does not fail
     // every later check.
-    if quarantined
-        .latest_received_at
-        .as_ref()
-        .is_some_and(|latest| *latest >= cutoff)
-    {
+    if quarantined.latest_received_at.as_ref().is_some_and(|latest| *latest >= cutoff) {
         warnings.push(format!(
             "deliveries were quarantined within the last {} ({} in all; latest reason: {}); fix the cause, then run `dsevents replay`",
             describe_duration(silence),
@@ -209,11 +187,8 @@ pub fn read_status(
 /// bound parameter it read the whole table.
 fn not_stored(connection: &Connection, outcome: &'static str) -> rusqlite::Result<NotStored> {
     let condition = format!("outcome = '{outcome}' AND outcome <> 'stored'");
-    let count: i64 = connection.query_row(
-        &format!("SELECT count(*) FROM deliveries WHERE {condition}"),
-        [],
-        |row| row.get(0),
-    )?;
+    let count: i64 =
+        connection.query_row(&format!("SELECT count(*) FROM deliveries WHERE {condition}"), [], |row| row.get(0))?;
     let latest: Option<(i64, String, Option<String>)> = connection
         .query_row(
             &format!("SELECT id, received_at, error FROM deliveries WHERE {condition} ORDER BY id DESC LIMIT 1"),
@@ -242,18 +217,11 @@ fn describe_duration(duration: chrono::Duration) -> String {
 fn print_text(status: &Status) {
     println!(
         "database {} ({} bytes, WAL {} bytes), schema version {}, {} deliveries",
-        status.database,
-        status.database_bytes,
-        status.wal_bytes,
-        status.schema_version,
-        status.deliveries
+        status.database, status.database_bytes, status.wal_bytes, status.schema_version, status.deliveries
     );
     println!();
     // The last column is padded too, so trim each line's end.
-    let header = format!(
-        "{:<24} {:>10}  {:<24}  {:<24}",
-        "KIND", "COUNT", "FIRST RECEIVED", "LAST RECEIVED"
-    );
+    let header = format!("{:<24} {:>10}  {:<24}  {:<24}", "KIND", "COUNT", "FIRST RECEIVED", "LAST RECEIVED");
     println!("{}", header.trim_end());
     for kind in &status.kinds {
         let line = format!(
@@ -266,10 +234,7 @@ fn print_text(status: &Status) {
         println!("{}", line.trim_end());
     }
     println!();
-    for (label, not_stored) in [
-        ("quarantined", &status.quarantined),
-        ("unknown kind", &status.unknown_kind),
-    ] {
+    for (label, not_stored) in [("quarantined", &status.quarantined), ("unknown kind", &status.unknown_kind)] {
         match (&not_stored.latest_id, &not_stored.latest_reason) {
             (Some(id), reason) => println!(
                 "{label}: {} (latest: delivery {id} at {}: {})",

@@ -30,15 +30,9 @@ const STATEMENT_CACHE_CAPACITY: usize = catalog::KINDS.len() + 16;
 /// schema up to date.
 pub fn open_or_create(path: &Path) -> anyhow::Result<Connection> {
     if path.is_dir() {
-        bail!(
-            "--db {} is a directory; give the path of the database file",
-            path.display()
-        );
+        bail!("--db {} is a directory; give the path of the database file", path.display());
     }
-    if let Some(parent) = path
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-    {
+    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         if !parent.is_dir() {
             bail!(
                 "the directory of database {} does not exist; create it or pass another --db path",
@@ -46,9 +40,7 @@ pub fn open_or_create(path: &Path) -> anyhow::Result<Connection> {
             );
         }
     }
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let connection = Connection::open_with_flags(path, flags)
         .with_context(|| format!("cannot open database {}", path.display()))?;
     prepare_connection(&connection, path, true)?;
@@ -59,10 +51,7 @@ pub fn open_or_create(path: &Path) -> anyhow::Result<Connection> {
 /// missing file is an error naming the path, never a new empty database.
 pub fn open_existing(path: &Path) -> anyhow::Result<Connection> {
     if path.is_dir() {
-        bail!(
-            "--db {} is a directory; give the path of the database file",
-            path.display()
-        );
+        bail!("--db {} is a directory; give the path of the database file", path.display());
     }
     if !path.exists() {
         bail!(
@@ -91,12 +80,7 @@ pub fn open_for_reading(path: &Path) -> anyhow::Result<Connection> {
     connection.busy_timeout(BUSY_TIMEOUT)?;
     let version: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .with_context(|| {
-            format!(
-                "cannot read database {}: is it a SQLite file?",
-                path.display()
-            )
-        })?;
+        .with_context(|| format!("cannot read database {}: is it a SQLite file?", path.display()))?;
     if version == SCHEMA_VERSION {
         return Ok(connection);
     }
@@ -127,12 +111,7 @@ pub fn open_for_reading(path: &Path) -> anyhow::Result<Connection> {
 fn check_schema(connection: &Connection, path: &Path, may_create: bool) -> anyhow::Result<()> {
     let version: i64 = connection
         .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .with_context(|| {
-            format!(
-                "cannot read database {}: is it a SQLite file?",
-                path.display()
-            )
-        })?;
+        .with_context(|| format!("cannot read database {}: is it a SQLite file?", path.display()))?;
     let (tables, has_deliveries): (i64, bool) = connection.query_row(
         "SELECT count(*), coalesce(sum(name = 'deliveries'), 0) > 0 FROM sqlite_master
           WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
@@ -155,11 +134,7 @@ fn check_schema(connection: &Connection, path: &Path, may_create: bool) -> anyho
     )
 }
 
-fn prepare_connection(
-    connection: &Connection,
-    path: &Path,
-    may_create: bool,
-) -> anyhow::Result<()> {
+fn prepare_connection(connection: &Connection, path: &Path, may_create: bool) -> anyhow::Result<()> {
     connection.busy_timeout(BUSY_TIMEOUT)?;
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     check_schema(connection, path, may_create)?;
@@ -170,17 +145,9 @@ fn prepare_connection(
     // the same promise (see `writer`).
     let mode: String = connection
         .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .with_context(|| {
-            format!(
-                "cannot use database {}: is it a SQLite file?",
-                path.display()
-            )
-        })?;
+        .with_context(|| format!("cannot use database {}: is it a SQLite file?", path.display()))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        bail!(
-            "database {} cannot use WAL journaling (got {mode})",
-            path.display()
-        );
+        bail!("database {} cannot use WAL journaling (got {mode})", path.display());
     }
     // Checkpoint policy: a checkpoint copies the WAL into the database
     // file, and the next write after a complete one starts the WAL over
@@ -250,12 +217,7 @@ pub struct Delivery {
 impl Delivery {
     /// Normalizes `body` for the kind slug `kind`. Never fails: a body that
     /// cannot be normalized becomes a quarantined delivery.
-    pub fn new(
-        kind: &str,
-        body: Vec<u8>,
-        content_type: Option<String>,
-        received_at: String,
-    ) -> Delivery {
+    pub fn new(kind: &str, body: Vec<u8>, content_type: Option<String>, received_at: String) -> Delivery {
         let parsed = match catalog::by_slug(kind) {
             None => Parsed::UnknownKind,
             // A panic while normalizing is a bug in dsevents, but the body
@@ -264,21 +226,12 @@ impl Delivery {
                 Ok(Ok(row)) => Parsed::Stored(known, row),
                 Ok(Err(reason)) => Parsed::Quarantined(reason),
                 Err(_) => Parsed::Quarantined(
-                    "normalizing the body panicked (a bug in dsevents); the raw body is kept"
-                        .to_string(),
+                    "normalizing the body panicked (a bug in dsevents); the raw body is kept".to_string(),
                 ),
             },
         };
         let sha256 = Sha256::digest(&body).into();
-        Delivery {
-            received_at,
-            kind: kind.to_string(),
-            body,
-            content_type,
-            source: None,
-            sha256,
-            parsed,
-        }
+        Delivery { received_at, kind: kind.to_string(), body, content_type, source: None, sha256, parsed }
     }
 
     pub fn outcome(&self) -> &'static str {
@@ -325,9 +278,7 @@ pub fn retry_ids(connection: &Connection) -> rusqlite::Result<HashSet<i64>> {
 /// `FNV_OFFSET` to start). Much cheaper than SipHash for short keys that
 /// no one chooses to collide.
 pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+    bytes.iter().fold(hash, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The FNV-1a offset basis, the starting value of `fnv1a`.
@@ -343,11 +294,7 @@ pub struct Receipt {
 /// Writes a delivery and its normalized row inside `tx`, and marks it as a
 /// duplicate (a retry) when `recent` finds an earlier copy (see
 /// [`RecentBodies`]).
-pub fn insert_delivery(
-    tx: &Transaction,
-    delivery: &Delivery,
-    recent: &mut RecentBodies,
-) -> rusqlite::Result<Receipt> {
+pub fn insert_delivery(tx: &Transaction, delivery: &Delivery, recent: &mut RecentBodies) -> rusqlite::Result<Receipt> {
     let duplicate_of = recent.find_original(tx, delivery)?;
     tx.prepare_cached(
         "INSERT INTO deliveries
@@ -377,21 +324,12 @@ pub fn insert_delivery(
 }
 
 /// Writes (or rewrites) the normalized row of delivery `id`.
-pub fn insert_row(
-    tx: &Connection,
-    kind: &Kind,
-    id: i64,
-    received_at: &str,
-    row: &Row,
-) -> rusqlite::Result<()> {
+pub fn insert_row(tx: &Connection, kind: &Kind, id: i64, received_at: &str, row: &Row) -> rusqlite::Result<()> {
     static INSERTS: OnceLock<Vec<String>> = OnceLock::new();
     let inserts = INSERTS.get_or_init(|| catalog::KINDS.iter().map(insert_sql).collect());
     // Built once per kind rather than on every insert.
     let built;
-    let sql = match catalog::KINDS
-        .iter()
-        .position(|known| known.table == kind.table)
-    {
+    let sql = match catalog::KINDS.iter().position(|known| known.table == kind.table) {
         Some(index) => inserts[index].as_str(),
         None => {
             built = insert_sql(kind);
@@ -558,9 +496,7 @@ impl RecentBodies {
         if self.window_ms <= 0 {
             return;
         }
-        let Some(received_ms) = millis(&delivery.received_at) else {
-            return;
-        };
+        let Some(received_ms) = millis(&delivery.received_at) else { return };
         self.latest_ms = self.latest_ms.max(received_ms);
         self.newest_id = self.newest_id.max(id);
         let key = Self::key(&delivery.sha256, &delivery.kind);
@@ -579,9 +515,7 @@ impl RecentBodies {
         if self.loaded_from.is_some_and(|from| from <= since_ms) {
             return Ok(());
         }
-        let since = crate::time::format_utc(
-            chrono::DateTime::from_timestamp_millis(since_ms).unwrap_or_default(),
-        );
+        let since = crate::time::format_utc(chrono::DateTime::from_timestamp_millis(since_ms).unwrap_or_default());
         let until = self
             .loaded_from
             .and_then(chrono::DateTime::from_timestamp_millis)
@@ -595,11 +529,8 @@ impl RecentBodies {
         // two bodies that share a short one apart.
         let mut owners: HashMap<u32, u64> = HashMap::new();
         while let Some(row) = rows.next()? {
-            let (id, kind, sha256): (i64, String, Vec<u8>) =
-                (row.get(0)?, row.get(1)?, row.get(2)?);
-            let Ok(sha256) = <[u8; 32]>::try_from(sha256) else {
-                continue;
-            };
+            let (id, kind, sha256): (i64, String, Vec<u8>) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            let Ok(sha256) = <[u8; 32]>::try_from(sha256) else { continue };
             let key = Self::key(&sha256, &kind);
             self.newest_id = self.newest_id.max(id);
 
@@ -620,10 +551,7 @@ impl RecentBodies {
             // The maps keep the newest id of a body, also when an older
             // range is read after a newer one (an import going back in time).
             if owner == key {
-                if self
-                    .newest_with(key as u32)
-                    .is_none_or(|newest| newest < id)
-                {
+                if self.newest_with(key as u32).is_none_or(|newest| newest < id) {
                     self.current.insert(key as u32, id as u32);
                 }
             } else {
@@ -640,18 +568,12 @@ impl RecentBodies {
     }
 
     /// Returns the delivery that `delivery` repeats, if it is a retry.
-    fn find_original(
-        &mut self,
-        tx: &Connection,
-        delivery: &Delivery,
-    ) -> rusqlite::Result<Option<i64>> {
+    fn find_original(&mut self, tx: &Connection, delivery: &Delivery) -> rusqlite::Result<Option<i64>> {
         self.collision = false;
         if self.window_ms <= 0 {
             return Ok(None);
         }
-        let Some(received_ms) = millis(&delivery.received_at) else {
-            return Ok(None);
-        };
+        let Some(received_ms) = millis(&delivery.received_at) else { return Ok(None) };
         let since_ms = received_ms.saturating_sub(self.window_ms);
         self.load(tx, since_ms)?;
         let key = Self::key(&delivery.sha256, &delivery.kind);
@@ -670,9 +592,7 @@ impl RecentBodies {
             .prepare_cached("SELECT body_sha256, kind, coalesce(duplicate_of, id) FROM deliveries WHERE id = ?1")?
             .query_row([candidate], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
             .optional()?;
-        let Some((sha256, kind, original)) = found else {
-            return Ok(None);
-        };
+        let Some((sha256, kind, original)) = found else { return Ok(None) };
         if sha256 != delivery.sha256 || kind != delivery.kind {
             self.collision = !self.collided.contains_key(&key);
             return Ok(None);
@@ -685,11 +605,7 @@ impl RecentBodies {
         if original_ms.is_none_or(|ms| ms < since_ms) {
             return Ok(None);
         }
-        Ok(if changed_since(tx, delivery, original)? {
-            None
-        } else {
-            Some(original)
-        })
+        Ok(if changed_since(tx, delivery, original)? { None } else { Some(original) })
     }
 }
 
@@ -699,11 +615,7 @@ fn key_of_delivery(connection: &Connection, id: i64) -> rusqlite::Result<Option<
         .prepare_cached("SELECT kind, body_sha256 FROM deliveries WHERE id = ?1")?
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    Ok(found.and_then(|(kind, sha256)| {
-        <[u8; 32]>::try_from(sha256)
-            .ok()
-            .map(|sha256| RecentBodies::key(&sha256, &kind))
-    }))
+    Ok(found.and_then(|(kind, sha256)| <[u8; 32]>::try_from(sha256).ok().map(|sha256| RecentBodies::key(&sha256, &kind))))
 }
 
 /// Reads the deliveries of a range of receive times back into `RecentBodies`.
@@ -725,30 +637,18 @@ fn changed_since(tx: &Connection, delivery: &Delivery, original: i64) -> rusqlit
                          WHERE k.dsid = ?1 AND k.delivery_id > ?2 AND d.body_sha256 <> ?3)",
         table = kind.table
     );
-    if tx
-        .prepare_cached(&same_kind)?
-        .query_row(params![dsid, original, &delivery.sha256[..]], |row| {
-            row.get(0)
-        })?
-    {
+    if tx.prepare_cached(&same_kind)?.query_row(params![dsid, original, &delivery.sha256[..]], |row| row.get(0))? {
         return Ok(true);
     }
-    let Some(opposite) = catalog::opposite(kind.slug).and_then(catalog::by_slug) else {
-        return Ok(false);
-    };
-    let opposite_kind = format!(
-        "SELECT EXISTS (SELECT 1 FROM {} WHERE dsid = ?1 AND delivery_id > ?2)",
-        opposite.table
-    );
-    tx.prepare_cached(&opposite_kind)?
-        .query_row(params![dsid, original], |row| row.get(0))
+    let Some(opposite) = catalog::opposite(kind.slug).and_then(catalog::by_slug) else { return Ok(false) };
+    let opposite_kind =
+        format!("SELECT EXISTS (SELECT 1 FROM {} WHERE dsid = ?1 AND delivery_id > ?2)", opposite.table);
+    tx.prepare_cached(&opposite_kind)?.query_row(params![dsid, original], |row| row.get(0))
 }
 
 /// Milliseconds since the Unix epoch of a stored received_at text.
 fn millis(text: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|time| time.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|time| time.timestamp_millis())
 }
 
 #[cfg(test)]
@@ -757,11 +657,7 @@ mod tests {
 
     /// Writes each delivery in its own transaction, as the writer does
     /// under light load.
-    fn write(
-        connection: &mut Connection,
-        recent: &mut RecentBodies,
-        deliveries: &[Delivery],
-    ) -> Vec<Receipt> {
+    fn write(connection: &mut Connection, recent: &mut RecentBodies, deliveries: &[Delivery]) -> Vec<Receipt> {
         let mut receipts = Vec::new();
         for delivery in deliveries {
             let tx = connection.transaction().unwrap();
@@ -773,12 +669,7 @@ mod tests {
     }
 
     fn click(id: &str, received_at: &str) -> Delivery {
-        Delivery::new(
-            "link-clicked",
-            format!(r#"{{"id":"{id}"}}"#).into_bytes(),
-            None,
-            received_at.to_string(),
-        )
+        Delivery::new("link-clicked", format!(r#"{{"id":"{id}"}}"#).into_bytes(), None, received_at.to_string())
     }
 
     #[test]
@@ -811,10 +702,7 @@ mod tests {
         let receipts = write(
             &mut connection,
             &mut recent,
-            &[
-                click("lnk-1", "2026-03-01T14:00:00.000Z"),
-                click("lnk-1", "2026-03-01T14:01:00.001Z"),
-            ],
+            &[click("lnk-1", "2026-03-01T14:00:00.000Z"), click("lnk-1", "2026-03-01T14:01:00.001Z")],
         );
 
         assert_eq!(receipts[0].duplicate_of, None);
@@ -829,18 +717,10 @@ mod tests {
         let path = dir.path().join("events.db");
         let first = {
             let mut connection = open_or_create(&path).unwrap();
-            write(
-                &mut connection,
-                &mut RecentBodies::new(60_000),
-                &[click("lnk-1", "2026-03-01T14:00:00.000Z")],
-            )
+            write(&mut connection, &mut RecentBodies::new(60_000), &[click("lnk-1", "2026-03-01T14:00:00.000Z")])
         };
         let mut connection = open_existing(&path).unwrap();
-        let retry = write(
-            &mut connection,
-            &mut RecentBodies::new(60_000),
-            &[click("lnk-1", "2026-03-01T14:00:30.000Z")],
-        );
+        let retry = write(&mut connection, &mut RecentBodies::new(60_000), &[click("lnk-1", "2026-03-01T14:00:30.000Z")]);
 
         assert_eq!(retry[0].duplicate_of, Some(first[0].id));
     }
@@ -854,22 +734,14 @@ mod tests {
         let mut recent = RecentBodies::new(60_000);
         {
             let tx = connection.transaction().unwrap();
-            insert_delivery(
-                &tx,
-                &click("lnk-1", "2026-03-01T14:00:00.000Z"),
-                &mut recent,
-            )
-            .unwrap();
+            insert_delivery(&tx, &click("lnk-1", "2026-03-01T14:00:00.000Z"), &mut recent).unwrap();
             tx.rollback().unwrap();
             recent.roll_back();
         }
         let receipts = write(
             &mut connection,
             &mut recent,
-            &[
-                click("lnk-2", "2026-03-01T14:00:01.000Z"),
-                click("lnk-1", "2026-03-01T14:00:02.000Z"),
-            ],
+            &[click("lnk-2", "2026-03-01T14:00:01.000Z"), click("lnk-1", "2026-03-01T14:00:02.000Z")],
         );
 
         assert_eq!(receipts[0].id, 1);
@@ -883,9 +755,7 @@ mod tests {
         let mut connection = Connection::open_in_memory().unwrap();
         connection.execute_batch(SCHEMA_SQL).unwrap();
         let mut recent = RecentBodies::new(1_000);
-        let start = chrono::DateTime::parse_from_rfc3339("2026-03-01T14:00:00.000Z")
-            .unwrap()
-            .to_utc();
+        let start = chrono::DateTime::parse_from_rfc3339("2026-03-01T14:00:00.000Z").unwrap().to_utc();
         for batch in 0..100 {
             let tx = connection.transaction().unwrap();
             for n in batch * 100..(batch + 1) * 100 {
@@ -897,16 +767,9 @@ mod tests {
         }
 
         let entries = recent.current.len() + recent.previous.len();
-        assert!(
-            entries <= 2_100,
-            "{entries} entries kept for a window of 1,000 deliveries"
-        );
+        assert!(entries <= 2_100, "{entries} entries kept for a window of 1,000 deliveries");
         let late = crate::time::format_utc(start + chrono::Duration::milliseconds(10_000));
-        let again = write(
-            &mut connection,
-            &mut recent,
-            &[click("lnk-9990", &late), click("lnk-5", &late)],
-        );
+        let again = write(&mut connection, &mut recent, &[click("lnk-9990", &late), click("lnk-5", &late)]);
         assert_eq!(again[0].duplicate_of, Some(9_991));
         assert_eq!(again[1].duplicate_of, None);
     }
@@ -925,10 +788,7 @@ mod tests {
             write(
                 &mut connection,
                 &mut RecentBodies::new(60_000),
-                &[
-                    click("lnk-1", "2026-03-01T14:00:00.000Z"),
-                    click("lnk-1", "2026-03-01T14:02:00.000Z"),
-                ],
+                &[click("lnk-1", "2026-03-01T14:00:00.000Z"), click("lnk-1", "2026-03-01T14:02:00.000Z")],
             )
         };
         assert_eq!(served[1].duplicate_of, None);
@@ -968,9 +828,7 @@ mod tests {
 
         let connection = open_existing(&path).unwrap();
 
-        let version: i64 = connection
-            .query_row("PRAGMA user_version", [], |row| row.get(0))
-            .unwrap();
+        let version: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         let indexes: Vec<String> = connection
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' ORDER BY name")
@@ -981,12 +839,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             indexes,
-            [
-                "deliveries_duplicates",
-                "deliveries_not_stored",
-                "deliveries_received",
-                "deliveries_source"
-            ]
+            ["deliveries_duplicates", "deliveries_not_stored", "deliveries_received", "deliveries_source"]
         );
     }
 
@@ -1000,23 +853,12 @@ mod tests {
         let plan: Vec<String> = connection
             .prepare(&format!("EXPLAIN QUERY PLAN {LOAD_SQL}"))
             .unwrap()
-            .query_map(
-                params!["2026-03-01T14:00:00.000Z", "2026-03-02T14:00:00.000Z"],
-                |row| row.get(3),
-            )
+            .query_map(params!["2026-03-01T14:00:00.000Z", "2026-03-02T14:00:00.000Z"], |row| row.get(3))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert!(
-            plan.iter().any(|step| step.contains("deliveries_received")),
-            "plan: {plan:?}"
-        );
-        assert!(
-            !plan
-                .iter()
-                .any(|step| step.starts_with("SCAN deliveries") && !step.contains("INDEX")),
-            "plan: {plan:?}"
-        );
+        assert!(plan.iter().any(|step| step.contains("deliveries_received")), "plan: {plan:?}");
+        assert!(!plan.iter().any(|step| step.starts_with("SCAN deliveries") && !step.contains("INDEX")), "plan: {plan:?}");
     }
 
     /// Reading an older range after a newer one (an import going back in
@@ -1042,10 +884,7 @@ mod tests {
             write(
                 &mut connection,
                 &mut RecentBodies::new(60_000),
-                &[
-                    click(&older, "2026-03-01T14:00:00.000Z"),
-                    click(&newer, "2026-03-01T14:01:30.000Z"),
-                ],
+                &[click(&older, "2026-03-01T14:00:00.000Z"), click(&newer, "2026-03-01T14:01:30.000Z")],
             )
         };
 

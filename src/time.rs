@@ -21,10 +21,7 @@ pub fn now_text() -> String {
 /// "no date" values of SQL Server (`1753-01-01`) and .NET (`0001-01-01`).
 pub fn parse_event_time(text: &str) -> Result<Option<DateTime<Utc>>, String> {
     let trimmed = text.trim();
-    let time = if let Some(inner) = trimmed
-        .strip_prefix("/Date(")
-        .and_then(|s| s.strip_suffix(")/"))
-    {
+    let time = if let Some(inner) = trimmed.strip_prefix("/Date(").and_then(|s| s.strip_suffix(")/")) {
         // The optional +hhmm suffix only names the zone the sender was in,
         // because the milliseconds are already UTC.
         let digits_end = inner
@@ -42,8 +39,7 @@ pub fn parse_event_time(text: &str) -> Result<Option<DateTime<Utc>>, String> {
         let number: i64 = trimmed
             .parse()
             .map_err(|_| format!("'{text}' is too large to be a Unix time"))?;
-        from_unix_number(number)
-            .ok_or_else(|| format!("'{text}' is out of the supported date range"))?
+        from_unix_number(number).ok_or_else(|| format!("'{text}' is out of the supported date range"))?
     } else {
         parse_iso(trimmed).ok_or_else(|| {
             format!("'{text}' is not a date (expected ISO-8601 such as 2026-03-01T14:05:09Z, or /Date(ms)/)")
@@ -60,7 +56,7 @@ pub fn parse_event_time(text: &str) -> Result<Option<DateTime<Utc>>, String> {
 /// large to be seconds before the year 5000.
 pub fn from_unix_number(number: i64) -> Option<DateTime<Utc>> {
     const MAX_SECONDS: i64 = 95_617_584_000; // 5000-01-01
-                                             // unsigned_abs, because abs() overflows on i64::MIN.
+    // unsigned_abs, because abs() overflows on i64::MIN.
     if number.unsigned_abs() < MAX_SECONDS.unsigned_abs() {
         Utc.timestamp_opt(number, 0).single()
     } else {
@@ -88,11 +84,7 @@ fn parse_iso(text: &str) -> Option<DateTime<Utc>> {
     }
     NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .ok()
-        .map(|date| {
-            date.and_hms_opt(0, 0, 0)
-                .expect("midnight is a valid time")
-                .and_utc()
-        })
+        .map(|date| date.and_hms_opt(0, 0, 0).expect("midnight is a valid time").and_utc())
 }
 
 fn is_no_date(time: DateTime<Utc>) -> bool {
@@ -111,9 +103,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(split);
-    let amount: i64 = digits.parse().map_err(|_| {
-        format!("invalid duration '{text}': expected a number and a unit, such as 7d, 24h or 30m")
-    })?;
+    let amount: i64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration '{text}': expected a number and a unit, such as 7d, 24h or 30m"))?;
     let duration = match unit {
         "s" => Duration::try_seconds(amount),
         "m" | "min" => Duration::try_minutes(amount),
@@ -129,9 +121,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     // Capped so that subtracting a duration from any time of this century
     // stays within chrono's range.
     let max = Duration::days(MAX_DURATION_DAYS);
-    duration.filter(|duration| *duration <= max).ok_or_else(|| {
-        format!("invalid duration '{text}': more than {MAX_DURATION_DAYS} days (100 years)")
-    })
+    duration
+        .filter(|duration| *duration <= max)
+        .ok_or_else(|| format!("invalid duration '{text}': more than {MAX_DURATION_DAYS} days (100 years)"))
 }
 
 /// Maximum duration accepted anywhere: 100 years.
@@ -177,11 +169,7 @@ mod tests {
             ("1767225600000", "2026-01-01T00:00:00.000Z"),
         ];
         for (input, expected) in cases {
-            assert_eq!(
-                normalized(input).as_deref(),
-                Some(expected),
-                "input {input}"
-            );
+            assert_eq!(normalized(input).as_deref(), Some(expected), "input {input}");
         }
     }
 
@@ -200,17 +188,9 @@ mod tests {
     #[test]
     fn durations_and_points() {
         let now = Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap();
-        assert_eq!(
-            parse_point("7d", now).unwrap(),
-            Utc.with_ymd_and_hms(2026, 3, 3, 12, 0, 0).unwrap()
-        );
-        assert_eq!(
-            parse_point("2026-03-01", now).unwrap(),
-            Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap()
-        );
-        assert!(parse_point("last tuesday", now)
-            .unwrap_err()
-            .contains("'last tuesday'"));
+        assert_eq!(parse_point("7d", now).unwrap(), Utc.with_ymd_and_hms(2026, 3, 3, 12, 0, 0).unwrap());
+        assert_eq!(parse_point("2026-03-01", now).unwrap(), Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap());
+        assert!(parse_point("last tuesday", now).unwrap_err().contains("'last tuesday'"));
         assert!(parse_duration("5y").unwrap_err().contains("unit must be"));
     }
 }

@@ -16,11 +16,7 @@ use crate::cli::UsageError;
 
 /// Bytes a token keeps unencoded in a query value: the unreserved
 /// characters of RFC 3986 (letters, digits, `-`, `.`, `_` and `~`).
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Text printed in place of the token when none is given.
 pub const TOKEN_PLACEHOLDER: &str = "<TOKEN>";
@@ -99,10 +95,7 @@ pub fn run(args: UrlsArgs) -> anyhow::Result<()> {
         .map(|kind| {
             let url = match token {
                 TokenChoice::Secret(secret) => hook_url(&base, kind.slug, Some(secret)),
-                TokenChoice::Placeholder => format!(
-                    "{}?token={TOKEN_PLACEHOLDER}",
-                    hook_url(&base, kind.slug, None)
-                ),
+                TokenChoice::Placeholder => format!("{}?token={TOKEN_PLACEHOLDER}", hook_url(&base, kind.slug, None)),
                 TokenChoice::Omitted => hook_url(&base, kind.slug, None),
             };
             Entry { kind, url }
@@ -132,8 +125,7 @@ fn token_from_env() -> Result<Option<String>, UsageError> {
         Ok(token) => Ok(Some(token)),
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => Err(UsageError(
-            "DSEVENTS_TOKEN is not valid UTF-8. Set it to a token of printable characters"
-                .to_string(),
+            "DSEVENTS_TOKEN is not valid UTF-8. Set it to a token of printable characters".to_string(),
         )),
     }
 }
@@ -147,19 +139,16 @@ pub fn parse_base_url(option: &str, value: &str) -> Result<String, UsageError> {
     let invalid = |reason: &str| UsageError(format!("invalid {option} '{value}': {reason}"));
 
     let lowercase = value.to_ascii_lowercase();
-    let Some(rest) = ["http://", "https://"].iter().find_map(|scheme| {
-        lowercase
-            .starts_with(scheme)
-            .then(|| &value[scheme.len()..])
-    }) else {
+    let Some(rest) = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| lowercase.starts_with(scheme).then(|| &value[scheme.len()..]))
+    else {
         return Err(invalid(
             "it must start with http:// or https://, such as https://hooks.example.com",
         ));
     };
     if rest.split('/').next().unwrap_or_default().is_empty() {
-        return Err(invalid(
-            "it must name a host, such as https://hooks.example.com",
-        ));
+        return Err(invalid("it must name a host, such as https://hooks.example.com"));
     }
     if value.contains(['?', '#']) {
         return Err(invalid(
@@ -196,10 +185,7 @@ fn event_label(kind: &Kind) -> String {
 
 fn render_table(entries: &[Entry]) -> String {
     let headers = ["EVENT", "KIND", "URL"];
-    let labels: Vec<String> = entries
-        .iter()
-        .map(|entry| event_label(entry.kind))
-        .collect();
+    let labels: Vec<String> = entries.iter().map(|entry| event_label(entry.kind)).collect();
     let event_width = labels
         .iter()
         .map(|label| label.chars().count())
@@ -232,13 +218,7 @@ fn render_csv(entries: &[Entry]) -> String {
     let mut text = String::from("event,kind,url,older_names\n");
     for entry in entries {
         let older_names = entry.kind.older_names.join("; ");
-        let fields = [
-            entry.kind.name,
-            entry.kind.slug,
-            entry.url.as_str(),
-            older_names.as_str(),
-        ]
-        .map(csv_field);
+        let fields = [entry.kind.name, entry.kind.slug, entry.url.as_str(), older_names.as_str()].map(csv_field);
         text.push_str(&fields.join(","));
         text.push('\n');
     }
@@ -278,11 +258,7 @@ mod tests {
 
     #[test]
     fn token_is_percent_encoded() {
-        let url = hook_url(
-            "https://hooks.example.com",
-            "lead-created",
-            Some("a b&c=d/é+~_.-"),
-        );
+        let url = hook_url("https://hooks.example.com", "lead-created", Some("a b&c=d/é+~_.-"));
         assert_eq!(
             url,
             "https://hooks.example.com/hooks/lead-created?token=a%20b%26c%3Dd%2F%C3%A9%2B~_.-"

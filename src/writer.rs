@@ -155,11 +155,7 @@ pub struct Writer {
 
 impl Writer {
     /// Starts the writer, syncer and checkpointer threads on `connection`.
-    pub fn start(
-        connection: Connection,
-        config: WriterConfig,
-        observer: BatchObserver,
-    ) -> anyhow::Result<Writer> {
+    pub fn start(connection: Connection, config: WriterConfig, observer: BatchObserver) -> anyhow::Result<Writer> {
         // See the module comment: the syncer thread makes each commit
         // durable before it is acknowledged.
         connection.execute_batch(&format!(
@@ -174,10 +170,7 @@ impl Writer {
         // bounds the queue.
         let (sender, receiver) = mpsc::channel();
         let failure = Arc::new(Mutex::new(None));
-        let handle = WriterHandle {
-            sender,
-            failure: Arc::clone(&failure),
-        };
+        let handle = WriterHandle { sender, failure: Arc::clone(&failure) };
 
         let (kick, kicks) = mpsc::sync_channel(1);
         // Set by the checkpointer when the writer should start the WAL over.
@@ -193,33 +186,21 @@ impl Writer {
             .name("syncer".to_string())
             .spawn(move || sync_loop(wal, syncer_inbox, syncer_failure, kick))?;
 
-        let thread = thread::Builder::new()
-            .name("writer".to_string())
-            .spawn(move || {
-                let outage = Outage {
-                    failure,
-                    ..Outage::default()
-                };
-                let helpers = Helpers {
-                    to_syncer,
-                    threads: [syncer, checkpointer],
-                    restart,
-                };
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(connection, receiver, helpers, config, observer, outage)
-                }));
-                if result.is_err() {
-                    // Without the writer every delivery would get 503 while the
-                    // process looks alive; exiting lets the service manager
-                    // restart it. Unanswered deliveries are retried by DailyStory.
-                    error!("the writer thread panicked; exiting so that dsevents is restarted");
-                    std::process::exit(70);
-                }
-            })?;
-        Ok(Writer {
-            handle,
-            thread: Some(thread),
-        })
+        let thread = thread::Builder::new().name("writer".to_string()).spawn(move || {
+            let outage = Outage { failure, ..Outage::default() };
+            let helpers = Helpers { to_syncer, threads: [syncer, checkpointer], restart };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(connection, receiver, helpers, config, observer, outage)
+            }));
+            if result.is_err() {
+                // Without the writer every delivery would get 503 while the
+                // process looks alive; exiting lets the service manager
+                // restart it. Unanswered deliveries are retried by DailyStory.
+                error!("the writer thread panicked; exiting so that dsevents is restarted");
+                std::process::exit(70);
+            }
+        })?;
+        Ok(Writer { handle, thread: Some(thread) })
     }
 
     pub fn handle(&self) -> WriterHandle {
@@ -300,29 +281,19 @@ fn run(
 
     // Deliveries queued behind the stop message still get written.
     while let Ok(Message::Write(job)) = receiver.try_recv() {
-        let committed = write_jobs(
-            &mut connection,
-            vec![job],
-            &mut recent,
-            &observer,
-            &mut outage,
-        );
+        let committed = write_jobs(&mut connection, vec![job], &mut recent, &observer, &mut outage);
         hand_over(&helpers.to_syncer, committed);
     }
     // The syncer responds to what it has and ends once its inbox closes.
     // The checkpointer ends with it.
-    let Helpers {
-        to_syncer, threads, ..
-    } = helpers;
+    let Helpers { to_syncer, threads, .. } = helpers;
     drop(to_syncer);
     for helper in threads {
         if helper.join().is_err() {
             error!("a thread of the writer panicked");
         }
     }
-    match connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-        row.get::<_, i64>(0)
-    }) {
+    match connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0)) {
         Ok(0) => info!("checkpointed the WAL into the database file"),
         Ok(_) => warn!("WAL checkpoint incomplete: a reader still holds it"),
         Err(cause) => warn!("WAL checkpoint failed: {cause}"),
@@ -337,9 +308,7 @@ fn hand_over(to_syncer: &Sender<Vec<Committed>>, committed: Vec<Committed>) {
         // Only if the syncer thread panicked. Not known to be on disk, so
         // not acknowledged; DailyStory retries.
         for entry in unsynced {
-            (entry.reply)(Err(
-                "store unavailable: the WAL could not be synced".to_string()
-            ));
+            (entry.reply)(Err("store unavailable: the WAL could not be synced".to_string()));
         }
     }
 }
@@ -358,11 +327,7 @@ impl WalFile {
         let Some(database) = connection.path().filter(|path| !path.is_empty()) else {
             anyhow::bail!("the writer needs a database file, not an in-memory database");
         };
-        Ok(WalFile {
-            database: PathBuf::from(database),
-            path: PathBuf::from(format!("{database}-wal")),
-            open: None,
-        })
+        Ok(WalFile { database: PathBuf::from(database), path: PathBuf::from(format!("{database}-wal")), open: None })
     }
 
     /// Returns the database file the WAL belongs to.
@@ -419,11 +384,7 @@ fn checkpoint_loop(
         let started = Instant::now();
         // busy, pages in the WAL, pages copied into the database file
         let result = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-            ))
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
         });
         match result {
             Ok((busy, pages, copied)) => {
@@ -434,9 +395,7 @@ fn checkpoint_loop(
                 let complete = busy == 0 && copied == pages;
                 catching_up = match catching_up {
                     _ if !complete || pages < WAL_RESTART_PAGES => None,
-                    Some((before, passes))
-                        if pages - before <= RESTART_BACKLOG_PAGES || passes >= CATCH_UP_PASSES =>
-                    {
+                    Some((before, passes)) if pages - before <= RESTART_BACKLOG_PAGES || passes >= CATCH_UP_PASSES => {
                         restart.store(true, Ordering::Relaxed);
                         None
                     }
@@ -448,9 +407,7 @@ fn checkpoint_loop(
                 }
             }
             Err(cause) if is_failed_sync(&cause) => {
-                let reason = format!(
-                    "store unavailable: a checkpoint could not sync the database to disk: {cause}"
-                );
+                let reason = format!("store unavailable: a checkpoint could not sync the database to disk: {cause}");
                 stop_after_failed_sync(reason, Vec::new(), &failure);
             }
             Err(cause) => {
@@ -478,15 +435,8 @@ fn sync_loop(
             committed.extend(more);
         }
         if let Err(cause) = wal.sync() {
-            let reason = format!(
-                "store unavailable: cannot sync {} to disk: {cause}",
-                wal.path.display()
-            );
-            stop_after_failed_sync(
-                reason,
-                committed.into_iter().map(|entry| entry.reply).collect(),
-                &failure,
-            );
+            let reason = format!("store unavailable: cannot sync {} to disk: {cause}", wal.path.display());
+            stop_after_failed_sync(reason, committed.into_iter().map(|entry| entry.reply).collect(), &failure);
         }
         for entry in committed {
             (entry.reply)(Ok(entry.receipt));
@@ -506,11 +456,7 @@ const EXIT_SYNC_FAILED: i32 = 74;
 /// the disk holds, and DailyStory retries every delivery that got no 2xx,
 /// including those that arrive in the moments before the exit and get no
 /// response at all.
-fn stop_after_failed_sync(
-    reason: String,
-    replies: Vec<Reply>,
-    failure: &Mutex<Option<String>>,
-) -> ! {
+fn stop_after_failed_sync(reason: String, replies: Vec<Reply>, failure: &Mutex<Option<String>>) -> ! {
     set_failure(failure, Some(reason.clone()));
     error!("{reason}; exiting with status {EXIT_SYNC_FAILED}, because later syncs of this file cannot be trusted");
     for reply in replies {
@@ -562,10 +508,7 @@ impl Outage {
 
     fn record_success(&mut self) {
         if self.refused > 0 {
-            info!(
-                "writes succeed again after {} deliveries got a 503 response",
-                self.refused
-            );
+            info!("writes succeed again after {} deliveries got a 503 response", self.refused);
             self.refused = 0;
             set_failure(&self.failure, None);
         }
@@ -619,19 +562,10 @@ fn write_jobs(
         Ok(receipts) => {
             outage.record_success();
             observer(jobs.len());
-            jobs.into_iter()
-                .zip(receipts)
-                .map(|(job, receipt)| Committed {
-                    reply: job.reply,
-                    receipt,
-                })
-                .collect()
+            jobs.into_iter().zip(receipts).map(|(job, receipt)| Committed { reply: job.reply, receipt }).collect()
         }
         Err(cause) if jobs.len() > 1 && !is_store_wide(&cause) => {
-            warn!(
-                "batch of {} deliveries failed, retrying one by one: {cause}",
-                jobs.len()
-            );
+            warn!("batch of {} deliveries failed, retrying one by one: {cause}", jobs.len());
             let mut committed = Vec::with_capacity(jobs.len());
             for job in jobs {
                 committed.extend(write_jobs(connection, vec![job], recent, observer, outage));
@@ -639,13 +573,8 @@ fn write_jobs(
             committed
         }
         Err(cause) if is_failed_sync(&cause) => {
-            let reason =
-                format!("store unavailable: SQLite could not sync the database to disk: {cause}");
-            stop_after_failed_sync(
-                reason,
-                jobs.into_iter().map(|job| job.reply).collect(),
-                &outage.failure,
-            );
+            let reason = format!("store unavailable: SQLite could not sync the database to disk: {cause}");
+            stop_after_failed_sync(reason, jobs.into_iter().map(|job| job.reply).collect(), &outage.failure);
         }
         Err(cause) => {
             for job in jobs {
@@ -657,11 +586,7 @@ fn write_jobs(
     }
 }
 
-fn commit(
-    connection: &mut Connection,
-    deliveries: &[&Delivery],
-    recent: &mut RecentBodies,
-) -> rusqlite::Result<Vec<Receipt>> {
+fn commit(connection: &mut Connection, deliveries: &[&Delivery], recent: &mut RecentBodies) -> rusqlite::Result<Vec<Receipt>> {
     let result = (|| {
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut receipts = Vec::with_capacity(deliveries.len());
@@ -695,25 +620,14 @@ mod tests {
     }
 
     fn delivery(body: &str) -> Delivery {
-        Delivery::new(
-            "link-clicked",
-            body.as_bytes().to_vec(),
-            None,
-            crate::time::now_text(),
-        )
+        Delivery::new("link-clicked", body.as_bytes().to_vec(), None, crate::time::now_text())
     }
 
     /// Builds a job and the receiver of its reply.
     fn job(body: &str) -> (Job, Receiver<Result<Receipt, String>>) {
         let (reply, answer) = mpsc::sync_channel(1);
         let reply: Reply = Box::new(move |result| reply.send(result).unwrap());
-        (
-            Job {
-                delivery: delivery(body),
-                reply,
-            },
-            answer,
-        )
+        (Job { delivery: delivery(body), reply }, answer)
     }
 
     /// Sends each committed delivery its result, as the syncer does after
@@ -727,10 +641,7 @@ mod tests {
     fn recorder() -> (Arc<Mutex<Vec<usize>>>, BatchObserver) {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let recorded = Arc::clone(&sizes);
-        (
-            sizes,
-            Box::new(move |size| recorded.lock().unwrap().push(size)),
-        )
+        (sizes, Box::new(move |size| recorded.lock().unwrap().push(size)))
     }
 
     fn committed_bodies(reader: &Connection) -> Vec<String> {
@@ -747,22 +658,11 @@ mod tests {
     fn batch_commits_together() {
         let (_dir, mut writer, reader) = database();
         let (sizes, observer) = recorder();
-        let (jobs, answers): (Vec<_>, Vec<_>) = (0..5)
-            .map(|n| job(&format!(r#"{{"id":"lnk-{n}"}}"#)))
-            .unzip();
+        let (jobs, answers): (Vec<_>, Vec<_>) = (0..5).map(|n| job(&format!(r#"{{"id":"lnk-{n}"}}"#))).unzip();
 
-        acknowledge(write_jobs(
-            &mut writer,
-            jobs,
-            &mut RecentBodies::new(0),
-            &observer,
-            &mut Outage::default(),
-        ));
+        acknowledge(write_jobs(&mut writer, jobs, &mut RecentBodies::new(0), &observer, &mut Outage::default()));
 
-        let ids: Vec<i64> = answers
-            .iter()
-            .map(|answer| answer.try_recv().unwrap().unwrap().id)
-            .collect();
+        let ids: Vec<i64> = answers.iter().map(|answer| answer.try_recv().unwrap().unwrap().id).collect();
         assert_eq!(ids, vec![1, 2, 3, 4, 5]);
         assert_eq!(*sizes.lock().unwrap(), vec![5]);
         assert_eq!(committed_bodies(&reader).len(), 5);
@@ -781,26 +681,12 @@ mod tests {
             )
             .unwrap();
         let (sizes, observer) = recorder();
-        let bodies = [
-            r#"{"id":"a"}"#,
-            r#"{"id":"reject-me-1"}"#,
-            r#"{"id":"b"}"#,
-            r#"{"id":"reject-me-2"}"#,
-        ];
+        let bodies = [r#"{"id":"a"}"#, r#"{"id":"reject-me-1"}"#, r#"{"id":"b"}"#, r#"{"id":"reject-me-2"}"#];
         let (jobs, answers): (Vec<_>, Vec<_>) = bodies.iter().map(|body| job(body)).unzip();
 
-        acknowledge(write_jobs(
-            &mut writer,
-            jobs,
-            &mut RecentBodies::new(0),
-            &observer,
-            &mut Outage::default(),
-        ));
+        acknowledge(write_jobs(&mut writer, jobs, &mut RecentBodies::new(0), &observer, &mut Outage::default()));
 
-        let results: Vec<Result<Receipt, String>> = answers
-            .iter()
-            .map(|answer| answer.try_recv().unwrap())
-            .collect();
+        let results: Vec<Result<Receipt, String>> = answers.iter().map(|answer| answer.try_recv().unwrap()).collect();
         assert!(results[0].is_ok(), "{:?}", results[0]);
         assert!(results[2].is_ok(), "{:?}", results[2]);
         for failed in [&results[1], &results[3]] {
@@ -819,23 +705,13 @@ mod tests {
         let (_dir, mut writer, reader) = database();
         // SQLite returns SQLITE_FULL as soon as the file would need a page
         // beyond this limit, as it does when the disk is full.
-        let pages: i64 = writer
-            .query_row("PRAGMA page_count", [], |row| row.get(0))
-            .unwrap();
-        writer
-            .execute_batch(&format!("PRAGMA max_page_count = {pages}"))
-            .unwrap();
+        let pages: i64 = writer.query_row("PRAGMA page_count", [], |row| row.get(0)).unwrap();
+        writer.execute_batch(&format!("PRAGMA max_page_count = {pages}")).unwrap();
         let (sizes, observer) = recorder();
         let large = format!(r#"{{"id":"lnk-1","padding":"{}"}}"#, "x".repeat(20_000));
         let (jobs, answers): (Vec<_>, Vec<_>) = (0..3).map(|_| job(&large)).unzip();
 
-        let committed = write_jobs(
-            &mut writer,
-            jobs,
-            &mut RecentBodies::new(0),
-            &observer,
-            &mut Outage::default(),
-        );
+        let committed = write_jobs(&mut writer, jobs, &mut RecentBodies::new(0), &observer, &mut Outage::default());
 
         assert!(committed.is_empty());
         for answer in &answers {
@@ -853,10 +729,7 @@ mod tests {
     fn lone_delivery_committed_alone() {
         let (_dir, writer, reader) = database();
         let (sizes, observer) = recorder();
-        let config = WriterConfig {
-            max_batch: 64,
-            duplicate_window_ms: 0,
-        };
+        let config = WriterConfig { max_batch: 64, duplicate_window_ms: 0 };
         let running = Writer::start(writer, config, observer).unwrap();
         let handle = running.handle();
 
@@ -868,22 +741,11 @@ mod tests {
                     Box::new(move |result| reply.send(result).unwrap()),
                 )
                 .unwrap();
-            let receipt = answer
-                .recv_timeout(Duration::from_secs(10))
-                .unwrap()
-                .unwrap();
+            let receipt = answer.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
             let visible: i64 = reader
-                .query_row(
-                    "SELECT count(*) FROM deliveries WHERE id = ?1",
-                    [receipt.id],
-                    |row| row.get(0),
-                )
+                .query_row("SELECT count(*) FROM deliveries WHERE id = ?1", [receipt.id], |row| row.get(0))
                 .unwrap();
-            assert_eq!(
-                visible, 1,
-                "delivery {} acknowledged before it was visible",
-                receipt.id
-            );
+            assert_eq!(visible, 1, "delivery {} acknowledged before it was visible", receipt.id);
         }
         running.stop();
         assert_eq!(*sizes.lock().unwrap(), vec![1, 1, 1]);

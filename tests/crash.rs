@@ -100,11 +100,7 @@ const KINDS: &[Kind] = &[
         slug: "text-reply",
         table: "text_replies",
         column: "message",
-        body: |token| {
-            format!(
-                r#"{{"dsid":"0cc175b9c0f1b6a831c399e269772661","mobile":"+15550199","message":"{token}"}}"#
-            )
-        },
+        body: |token| format!(r#"{{"dsid":"0cc175b9c0f1b6a831c399e269772661","mobile":"+15550199","message":"{token}"}}"#),
     },
     Kind {
         slug: "user-created",
@@ -118,9 +114,7 @@ const KINDS: &[Kind] = &[
 fn token_in(text: &str) -> Option<&str> {
     let start = text.find("tok-")?;
     let rest = &text[start..];
-    let end = rest[4..]
-        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
-        .map_or(rest.len(), |end| end + 4);
+    let end = rest[4..].find(|c: char| !(c.is_ascii_digit() || c == '-')).map_or(rest.len(), |end| end + 4);
     Some(&rest[..end])
 }
 
@@ -133,20 +127,13 @@ struct Acknowledged {
 
 /// Posts deliveries on one kept-alive connection until the server stops
 /// responding or a bound is reached. Returns the acknowledged ones by token.
-fn run_client(
-    address: SocketAddr,
-    cycle: u64,
-    client: u64,
-    seed: u64,
-) -> HashMap<String, Acknowledged> {
+fn run_client(address: SocketAddr, cycle: u64, client: u64, seed: u64) -> HashMap<String, Acknowledged> {
     let mut random = Random(seed);
     let mut acknowledged = HashMap::new();
     let Ok(mut stream) = TcpStream::connect(address) else {
         return acknowledged;
     };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("set read timeout");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("set read timeout");
     let started = Instant::now();
 
     for sequence in 0..MAX_REQUESTS_PER_CLIENT {
@@ -183,52 +170,29 @@ fn run_client(
 /// Checks the database file against every acknowledged delivery so far.
 fn verify(db: &Path, acknowledged: &HashMap<String, Acknowledged>, context: &str) {
     let connection = rusqlite::Connection::open(db).expect("open database");
-    connection
-        .busy_timeout(Duration::from_secs(5))
-        .expect("busy timeout");
+    connection.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
 
-    let integrity: String = connection
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .expect("integrity check");
+    let integrity: String = connection.query_row("PRAGMA integrity_check", [], |row| row.get(0)).expect("integrity check");
     assert_eq!(integrity, "ok", "{context}");
     let foreign_key_errors: i64 = connection
-        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
-            row.get(0)
-        })
+        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| row.get(0))
         .expect("foreign key check");
     assert_eq!(foreign_key_errors, 0, "{context}");
 
     // Every token in deliveries, with the ids of the rows that carry it.
     let mut delivered: HashMap<String, Vec<(i64, String, String)>> = HashMap::new();
-    let mut statement = connection
-        .prepare("SELECT id, kind, outcome, CAST(body AS TEXT) FROM deliveries")
-        .unwrap();
+    let mut statement = connection.prepare("SELECT id, kind, outcome, CAST(body AS TEXT) FROM deliveries").unwrap();
     let rows = statement
-        .query_map([], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-            ))
-        })
+        .query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, String>(3)?)))
         .unwrap();
     for row in rows {
         let (id, kind, outcome, body) = row.unwrap();
         if let Some(token) = token_in(&body) {
-            delivered
-                .entry(token.to_string())
-                .or_default()
-                .push((id, kind, outcome));
+            delivered.entry(token.to_string()).or_default().push((id, kind, outcome));
         }
     }
     for (token, rows) in &delivered {
-        assert_eq!(
-            rows.len(),
-            1,
-            "{context}: token {token} is in deliveries {} times: {rows:?}",
-            rows.len()
-        );
+        assert_eq!(rows.len(), 1, "{context}: token {token} is in deliveries {} times: {rows:?}", rows.len());
     }
 
     // Every token in the per-kind tables, with its delivery_id.
@@ -237,64 +201,34 @@ fn verify(db: &Path, acknowledged: &HashMap<String, Acknowledged>, context: &str
         // Table and column names are this test's constants.
         let sql = format!("SELECT delivery_id, {} FROM {}", kind.column, kind.table);
         let mut statement = connection.prepare(&sql).unwrap();
-        let rows = statement
-            .query_map([], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, Option<String>>(1)?))
-            })
-            .unwrap();
+        let rows = statement.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Option<String>>(1)?))).unwrap();
         for row in rows {
             let (delivery_id, value) = row.unwrap();
             if let Some(token) = value.as_deref().and_then(token_in) {
-                normalized
-                    .entry(token.to_string())
-                    .or_default()
-                    .push((delivery_id, kind.table));
+                normalized.entry(token.to_string()).or_default().push((delivery_id, kind.table));
             }
         }
     }
 
     for (token, expected) in acknowledged {
         let kind = &KINDS[expected.kind];
-        let rows = delivered.get(token).unwrap_or_else(|| {
-            panic!(
-                "{context}: acknowledged {token} (id {}) is missing from deliveries",
-                expected.id
-            )
-        });
-        assert_eq!(
-            rows[0].0, expected.id,
-            "{context}: {token} stored under another id"
-        );
-        assert_eq!(
-            rows[0].1, kind.slug,
-            "{context}: {token} stored as another kind"
-        );
+        let rows = delivered.get(token).unwrap_or_else(|| panic!("{context}: acknowledged {token} (id {}) is missing from deliveries", expected.id));
+        assert_eq!(rows[0].0, expected.id, "{context}: {token} stored under another id");
+        assert_eq!(rows[0].1, kind.slug, "{context}: {token} stored as another kind");
         assert_eq!(rows[0].2, "stored", "{context}: {token} not normalized");
 
-        let rows = normalized.get(token).unwrap_or_else(|| {
-            panic!(
-                "{context}: acknowledged {token} is missing from {}",
-                kind.table
-            )
-        });
-        assert_eq!(
-            rows,
-            &vec![(expected.id, kind.table)],
-            "{context}: {token} in the per-kind tables"
-        );
+        let rows = normalized
+            .get(token)
+            .unwrap_or_else(|| panic!("{context}: acknowledged {token} is missing from {}", kind.table));
+        assert_eq!(rows, &vec![(expected.id, kind.table)], "{context}: {token} in the per-kind tables");
     }
 }
 
 #[test]
 fn killed_server_keeps_acknowledged_deliveries() {
     let seed = match std::env::var("DSEVENTS_CRASH_SEED") {
-        Ok(text) => text
-            .parse()
-            .expect("DSEVENTS_CRASH_SEED must be a whole number"),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
+        Ok(text) => text.parse().expect("DSEVENTS_CRASH_SEED must be a whole number"),
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
     };
     println!("crash test seed: {seed} (set DSEVENTS_CRASH_SEED={seed} to repeat)");
     let mut random = Random(seed);
@@ -303,17 +237,11 @@ fn killed_server_keeps_acknowledged_deliveries() {
     let db = dir.path().join("events.db");
     // The database lives in `dir`, which outlives every server; each server
     // gets a directory of its own to keep alive, which stays empty.
-    let mut server = Server::start_on(
-        tempfile::tempdir().expect("create temp dir"),
-        db.clone(),
-        &[],
-    );
+    let mut server = Server::start_on(tempfile::tempdir().expect("create temp dir"), db.clone(), &[]);
     let mut acknowledged: HashMap<String, Acknowledged> = HashMap::new();
 
     for cycle in 0..CYCLES {
-        let kill_after = Duration::from_millis(
-            KILL_AFTER_MS.start + random.below(KILL_AFTER_MS.end - KILL_AFTER_MS.start),
-        );
+        let kill_after = Duration::from_millis(KILL_AFTER_MS.start + random.below(KILL_AFTER_MS.end - KILL_AFTER_MS.start));
         let client_seeds: Vec<u64> = (0..CLIENTS).map(|_| random.next()).collect();
         let address = server.address;
 
@@ -321,20 +249,12 @@ fn killed_server_keeps_acknowledged_deliveries() {
             let clients: Vec<_> = client_seeds
                 .iter()
                 .enumerate()
-                .map(|(client, seed)| {
-                    scope.spawn(move || run_client(address, cycle, client as u64, *seed))
-                })
+                .map(|(client, seed)| scope.spawn(move || run_client(address, cycle, client as u64, *seed)))
                 .collect();
             std::thread::sleep(kill_after);
             server.signal("KILL");
-            assert!(
-                server.wait_exit(Duration::from_secs(10)).is_some(),
-                "server still running after SIGKILL"
-            );
-            clients
-                .into_iter()
-                .map(|client| client.join().expect("client thread"))
-                .collect()
+            assert!(server.wait_exit(Duration::from_secs(10)).is_some(), "server still running after SIGKILL");
+            clients.into_iter().map(|client| client.join().expect("client thread")).collect()
         });
         let count: usize = answered.iter().map(HashMap::len).sum();
         println!("cycle {cycle}: killed after {kill_after:?}, {count} deliveries acknowledged");
@@ -342,33 +262,13 @@ fn killed_server_keeps_acknowledged_deliveries() {
             acknowledged.extend(client);
         }
 
-        server = Server::start_on(
-            tempfile::tempdir().expect("create temp dir"),
-            db.clone(),
-            &[],
-        );
-        verify(
-            &db,
-            &acknowledged,
-            &format!("after the restart of cycle {cycle} (seed {seed})"),
-        );
+        server = Server::start_on(tempfile::tempdir().expect("create temp dir"), db.clone(), &[]);
+        verify(&db, &acknowledged, &format!("after the restart of cycle {cycle} (seed {seed})"));
     }
 
     server.signal("TERM");
-    let status = server
-        .wait_exit(Duration::from_secs(30))
-        .expect("server stops after SIGTERM");
-    assert!(
-        status.success(),
-        "server exited with {status} after SIGTERM"
-    );
-    verify(
-        &db,
-        &acknowledged,
-        &format!("after the final shutdown (seed {seed})"),
-    );
-    assert!(
-        !acknowledged.is_empty(),
-        "no delivery was acknowledged in {CYCLES} cycles (seed {seed})"
-    );
+    let status = server.wait_exit(Duration::from_secs(30)).expect("server stops after SIGTERM");
+    assert!(status.success(), "server exited with {status} after SIGTERM");
+    verify(&db, &acknowledged, &format!("after the final shutdown (seed {seed})"));
+    assert!(!acknowledged.is_empty(), "no delivery was acknowledged in {CYCLES} cycles (seed {seed})");
 }

@@ -51,10 +51,7 @@ fn finish(load: (Arc<AtomicBool>, thread::JoinHandle<u32>)) -> u32 {
 fn replay_moves_fixed_deliveries_to_stored_once() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
-    server.post(
-        "/hooks/email-opt-out",
-        br#"{"dsid":"d1","email":"a@example.com"}"#,
-    );
+    server.post("/hooks/email-opt-out", br#"{"dsid":"d1","email":"a@example.com"}"#);
     // As an older version would have left them: a valid body quarantined,
     // and a stored delivery whose normalized row is missing.
     server
@@ -68,16 +65,8 @@ fn replay_moves_fixed_deliveries_to_stored_once() {
 
     let first = ok(&["replay", "--db", &db]);
     assert!(first.contains("1 changed (1 now stored"), "{first}");
-    assert_eq!(
-        server.count("SELECT count(*) FROM email_opt_outs WHERE delivery_id = 1"),
-        1
-    );
-    assert_eq!(
-        server.count(
-            "SELECT count(*) FROM deliveries WHERE id = 1 AND outcome = 'stored' AND error IS NULL"
-        ),
-        1
-    );
+    assert_eq!(server.count("SELECT count(*) FROM email_opt_outs WHERE delivery_id = 1"), 1);
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE id = 1 AND outcome = 'stored' AND error IS NULL"), 1);
 
     let all = ok(&["replay", "--db", &db, "--all"]);
     assert!(all.contains(" 0 changed"), "{all}");
@@ -85,15 +74,8 @@ fn replay_moves_fixed_deliveries_to_stored_once() {
     assert!(again.contains("replayed 0 deliveries"), "{again}");
 
     let sent = finish(load);
-    assert_eq!(
-        server.count("SELECT count(*) FROM link_clicks"),
-        i64::from(sent)
-    );
-    assert_eq!(
-        server.count("SELECT count(*) FROM email_opt_outs"),
-        1,
-        "no normalized row doubled"
-    );
+    assert_eq!(server.count("SELECT count(*) FROM link_clicks"), i64::from(sent));
+    assert_eq!(server.count("SELECT count(*) FROM email_opt_outs"), 1, "no normalized row doubled");
 }
 
 #[test]
@@ -102,12 +84,7 @@ fn replay_rejects_unknown_kind() {
     let db = server.db.to_str().unwrap();
     let args = ["replay", "--db", db, "--kind", "email-bounce"];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("'email-bounce'"));
 }
 
@@ -129,30 +106,13 @@ fn import_keeps_invalid_lines_and_is_idempotent() {
     let file = file.to_str().unwrap().to_string();
     let load = background_load(&server);
 
-    let args = [
-        "import",
-        "--db",
-        &db,
-        "--kind",
-        "email-bounced",
-        "--received-at-field",
-        "date",
-        &file,
-    ];
+    let args = ["import", "--db", &db, "--kind", "email-bounced", "--received-at-field", "date", &file];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("2 stored, 1 quarantined"), "{stdout}");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("old.ndjson:2:"),
-        "invalid line reported with its number: {stderr}"
-    );
+    assert!(stderr.contains("old.ndjson:2:"), "invalid line reported with its number: {stderr}");
 
     assert_eq!(server.count("SELECT count(*) FROM email_bounces"), 2);
     assert_eq!(server.count("SELECT count(*) FROM email_bounces WHERE email = 'c@example.com' AND is_spam_complaint = 1"), 1);
@@ -167,29 +127,15 @@ fn import_keeps_invalid_lines_and_is_idempotent() {
     assert_eq!(kept, "{\"dsid\":\"d2\",\"email\":\"b@example.com\"");
 
     let second = run(&args);
-    assert_eq!(
-        second.status.code(),
-        Some(0),
-        "{}",
-        describe(&args, &second)
-    );
+    assert_eq!(second.status.code(), Some(0), "{}", describe(&args, &second));
     let second_stdout = String::from_utf8_lossy(&second.stdout);
     assert!(
-        second_stdout.contains(
-            "0 stored, 0 quarantined, 0 unknown kind, 3 already present, 0 invalid lines kept"
-        ),
+        second_stdout.contains("0 stored, 0 quarantined, 0 unknown kind, 3 already present, 0 invalid lines kept"),
         "{second_stdout}"
     );
-    assert_eq!(
-        String::from_utf8_lossy(&second.stderr),
-        "",
-        "nothing new to report on a second run"
-    );
+    assert_eq!(String::from_utf8_lossy(&second.stderr), "", "nothing new to report on a second run");
     assert_eq!(server.count("SELECT count(*) FROM email_bounces"), 2);
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE source IS NOT NULL"),
-        3
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE source IS NOT NULL"), 3);
     finish(load);
 }
 
@@ -200,18 +146,8 @@ fn import_keeps_bodies_serve_received() {
     // A click and a phone opt-out that serve received earlier. The file
     // contains the same click twice more (real clicks look alike) and the
     // opt-out again.
-    assert_eq!(
-        server
-            .post("/hooks/link-clicked", br#"{"id":"link-7"}"#)
-            .status,
-        200
-    );
-    assert_eq!(
-        server
-            .post("/hooks/phone-opt-out", br#"{"dsid":"d1"}"#)
-            .status,
-        200
-    );
+    assert_eq!(server.post("/hooks/link-clicked", br#"{"id":"link-7"}"#).status, 200);
+    assert_eq!(server.post("/hooks/phone-opt-out", br#"{"dsid":"d1"}"#).status, 200);
     let file = server.dir.path().join("clicks.ndjson");
     std::fs::write(&file, "{\"id\":\"link-7\"}\n{\"id\":\"link-7\"}\n").unwrap();
     let file = file.to_str().unwrap().to_string();
@@ -220,17 +156,10 @@ fn import_keeps_bodies_serve_received() {
     let array = array.to_str().unwrap().to_string();
 
     let first = ok(&["import", "--db", &db, "--kind", "link-clicked", &file]);
-    assert!(
-        first.contains("2 stored, 0 quarantined, 0 unknown kind, 0 already present"),
-        "{first}"
-    );
+    assert!(first.contains("2 stored, 0 quarantined, 0 unknown kind, 0 already present"), "{first}");
     let opt_out = ok(&["import", "--db", &db, "--kind", "phone-opt-out", &array]);
     assert!(opt_out.contains("1 stored"), "{opt_out}");
-    assert_eq!(
-        server.count("SELECT count(*) FROM link_clicks"),
-        3,
-        "every click kept"
-    );
+    assert_eq!(server.count("SELECT count(*) FROM link_clicks"), 3, "every click kept");
     assert_eq!(server.count("SELECT count(*) FROM phone_opt_outs"), 2);
     let sources: Vec<String> = server
         .db()
@@ -240,32 +169,17 @@ fn import_keeps_bodies_serve_received() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
+    assert_eq!(sources, [format!("import {file}:1"), format!("import {file}:2"), format!("import {array}:#0")]);
     assert_eq!(
-        sources,
-        [
-            format!("import {file}:1"),
-            format!("import {file}:2"),
-            format!("import {array}:#0")
-        ]
-    );
-    assert_eq!(
-        server.count(
-            "SELECT count(*) FROM deliveries WHERE source IS NOT NULL AND duplicate_of IS NOT NULL"
-        ),
+        server.count("SELECT count(*) FROM deliveries WHERE source IS NOT NULL AND duplicate_of IS NOT NULL"),
         3,
         "copies of what serve received within the window are marked, as serve marks them"
     );
 
     let again = ok(&["import", "--db", &db, "--kind", "link-clicked", &file]);
-    assert!(
-        again.contains("0 stored, 0 quarantined, 0 unknown kind, 2 already present"),
-        "{again}"
-    );
+    assert!(again.contains("0 stored, 0 quarantined, 0 unknown kind, 2 already present"), "{again}");
     let again = ok(&["import", "--db", &db, "--kind", "phone-opt-out", &array]);
-    assert!(
-        again.contains("0 stored, 0 quarantined, 0 unknown kind, 1 already present"),
-        "{again}"
-    );
+    assert!(again.contains("0 stored, 0 quarantined, 0 unknown kind, 1 already present"), "{again}");
     assert_eq!(server.count("SELECT count(*) FROM deliveries"), 5);
 }
 
@@ -285,67 +199,25 @@ fn import_reports_unreadable_received_at() {
     )
     .unwrap();
     let file = file.to_str().unwrap().to_string();
-    let args = [
-        "import",
-        "--db",
-        &db,
-        "--kind",
-        "link-clicked",
-        "--received-at-field",
-        "at",
-        &file,
-    ];
+    let args = ["import", "--db", &db, "--kind", "link-clicked", "--received-at-field", "at", &file];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stdout.contains("4 stored"), "{stdout}");
+    assert!(stdout.contains("3 received at the import time (member at missing or unreadable)"), "{stdout}");
     assert!(
-        stdout.contains("3 received at the import time (member at missing or unreadable)"),
-        "{stdout}"
-    );
-    assert!(
-        stderr.contains(&format!(
-            "{file}:2: cannot read 'yesterday' in member at as a time; using the import time"
-        )),
+        stderr.contains(&format!("{file}:2: cannot read 'yesterday' in member at as a time; using the import time")),
         "{stderr}"
     );
-    assert!(
-        stderr.contains(&format!("{file}:3: no member at; using the import time")),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!("{file}:4: '1753-01-01T00:00:00' in member at")),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains(&format!("{file}:1:")),
-        "a readable time is not reported: {stderr}"
-    );
-    assert_eq!(
-        server.count(
-            "SELECT count(*) FROM deliveries WHERE received_at = '2025-01-02T03:04:05.000Z'"
-        ),
-        1
-    );
+    assert!(stderr.contains(&format!("{file}:3: no member at; using the import time")), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:4: '1753-01-01T00:00:00' in member at")), "{stderr}");
+    assert!(!stderr.contains(&format!("{file}:1:")), "a readable time is not reported: {stderr}");
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE received_at = '2025-01-02T03:04:05.000Z'"), 1);
 
     let again = run(&args);
-    assert_eq!(
-        String::from_utf8_lossy(&again.stderr),
-        "",
-        "{}",
-        describe(&args, &again)
-    );
-    assert!(
-        String::from_utf8_lossy(&again.stdout).contains("0 received at the import time"),
-        "{}",
-        describe(&args, &again)
-    );
+    assert_eq!(String::from_utf8_lossy(&again.stderr), "", "{}", describe(&args, &again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 received at the import time"), "{}", describe(&args, &again));
 }
 
 #[test]
@@ -353,47 +225,24 @@ fn import_quarantines_body_without_kind_member() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
     let file = server.dir.path().join("mixed.json");
-    std::fs::write(
-        &file,
-        r#"[{"event":"link-clicked","id":"x"},{"id":"y"},{"event":null,"id":"z"}]"#,
-    )
-    .unwrap();
+    std::fs::write(&file, r#"[{"event":"link-clicked","id":"x"},{"id":"y"},{"event":null,"id":"z"}]"#).unwrap();
     let file = file.to_str().unwrap().to_string();
     let args = ["import", "--db", &db, "--kind-field", "event", &file];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stdout.contains("1 stored, 2 quarantined"), "{stdout}");
-    assert!(
-        stdout.contains("2 without a kind in member event"),
-        "{stdout}"
-    );
-    assert!(
-        stderr.contains(&format!("{file}:#1: no member event")),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains(&format!("{file}:#2: member event is null, not a kind slug")),
-        "{stderr}"
-    );
+    assert!(stdout.contains("2 without a kind in member event"), "{stdout}");
+    assert!(stderr.contains(&format!("{file}:#1: no member event")), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:#2: member event is null, not a kind slug")), "{stderr}");
     let (kind, outcome, error): (String, String, String) = server
         .db()
-        .query_row(
-            "SELECT kind, outcome, error FROM deliveries WHERE source = ?1",
-            [format!("import {file}:#1")],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
+        .query_row("SELECT kind, outcome, error FROM deliveries WHERE source = ?1", [format!("import {file}:#1")], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .unwrap();
-    assert_eq!(
-        (kind.as_str(), outcome.as_str()),
-        ("unknown", "quarantined")
-    );
+    assert_eq!((kind.as_str(), outcome.as_str()), ("unknown", "quarantined"));
     assert!(error.contains("no member event"), "{error}");
 }
 
@@ -404,17 +253,9 @@ fn import_directory_is_named() {
     let dir = server.dir.path().to_str().unwrap().to_string();
     let args = ["import", "--db", &db, "--kind", "link-clicked", &dir];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains(&format!("{dir}: it is a directory")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("{dir}: it is a directory")), "{stderr}");
     assert!(!stderr.contains("os error"), "{stderr}");
 }
 
@@ -430,24 +271,11 @@ fn import_json_array_with_kind_field() {
             {"event":"email-opt-out","dsid":"d1","email":"a@example.com"}]"#,
     )
     .unwrap();
-    let stdout = ok(&[
-        "import",
-        "--db",
-        &db,
-        "--kind-field",
-        "event",
-        file.to_str().unwrap(),
-    ]);
+    let stdout = ok(&["import", "--db", &db, "--kind-field", "event", file.to_str().unwrap()]);
     assert!(stdout.contains("3 stored"), "{stdout}");
-    assert_eq!(
-        server.count("SELECT count(*) FROM sms_opt_outs WHERE mobile = '+1-555-0100'"),
-        1
-    );
+    assert_eq!(server.count("SELECT count(*) FROM sms_opt_outs WHERE mobile = '+1-555-0100'"), 1);
     // The copy inside the file is kept and marked, as serve would.
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE duplicate_of IS NOT NULL"),
-        1
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE duplicate_of IS NOT NULL"), 1);
     assert_eq!(server.count("SELECT count(*) FROM opt_outs"), 2);
 }
 
@@ -456,48 +284,27 @@ fn backup_while_serving_and_no_overwrite() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
     let load = background_load(&server);
-    assert!(common::wait_for(
-        std::time::Duration::from_secs(10),
-        || server.count("SELECT count(*) FROM deliveries") >= 20
-    ));
+    assert!(common::wait_for(std::time::Duration::from_secs(10), || server.count("SELECT count(*) FROM deliveries") >= 20));
 
     let dest = server.dir.path().join("copy.db");
     let dest_text = dest.to_str().unwrap().to_string();
     let stdout = ok(&["backup", "--db", &db, &dest_text]);
     assert!(stdout.contains("integrity ok"), "{stdout}");
     let copy = rusqlite::Connection::open(&dest).unwrap();
-    let check: String = copy
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap();
+    let check: String = copy.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(check, "ok");
-    let copied: i64 = copy
-        .query_row("SELECT count(*) FROM deliveries", [], |row| row.get(0))
-        .unwrap();
-    let normalized: i64 = copy
-        .query_row("SELECT count(*) FROM link_clicks", [], |row| row.get(0))
-        .unwrap();
+    let copied: i64 = copy.query_row("SELECT count(*) FROM deliveries", [], |row| row.get(0)).unwrap();
+    let normalized: i64 = copy.query_row("SELECT count(*) FROM link_clicks", [], |row| row.get(0)).unwrap();
     assert!(copied >= 20, "copy holds the deliveries: {copied}");
-    assert_eq!(
-        copied, normalized,
-        "a consistent snapshot: every delivery has its row"
-    );
+    assert_eq!(copied, normalized, "a consistent snapshot: every delivery has its row");
     drop(copy);
 
     let before = std::fs::read(&dest).unwrap();
     let args = ["backup", "--db", &db, &dest_text];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--force"));
-    assert_eq!(
-        std::fs::read(&dest).unwrap(),
-        before,
-        "DEST untouched without --force"
-    );
+    assert_eq!(std::fs::read(&dest).unwrap(), before, "DEST untouched without --force");
 
     ok(&["backup", "--db", &db, "--force", &dest_text]);
     finish(load);
@@ -507,68 +314,34 @@ fn backup_while_serving_and_no_overwrite() {
 fn prune_blanks_old_normalized_bodies_only() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
-    server.post(
-        "/hooks/email-opt-out",
-        br#"{"dsid":"d1","email":"a@example.com"}"#,
-    );
+    server.post("/hooks/email-opt-out", br#"{"dsid":"d1","email":"a@example.com"}"#);
     server.post("/hooks/lead-created", br#"{"id":"not a number"}"#);
-    server.post(
-        "/hooks/email-opt-in",
-        br#"{"dsid":"d1","email":"a@example.com"}"#,
-    );
+    server.post("/hooks/email-opt-in", br#"{"dsid":"d1","email":"a@example.com"}"#);
     server
         .db()
-        .execute_batch(
-            "UPDATE deliveries SET received_at = '2020-01-01T00:00:00.000Z' WHERE id IN (1, 2)",
-        )
+        .execute_batch("UPDATE deliveries SET received_at = '2020-01-01T00:00:00.000Z' WHERE id IN (1, 2)")
         .unwrap();
 
     let dry = ok(&["prune", "--db", &db, "--raw-older-than", "90d", "--dry-run"]);
     assert!(dry.contains("would remove 1 raw bodies"), "{dry}");
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE body IS NULL"),
-        0
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE body IS NULL"), 0);
 
     let load = background_load(&server);
     let pruned = ok(&["prune", "--db", &db, "--raw-older-than", "90d"]);
     assert!(pruned.contains("removed 1 raw bodies"), "{pruned}");
     assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE id = 1 AND body IS NULL AND body_removed_by = 'prune'"), 1);
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE id = 2 AND body IS NOT NULL"),
-        1,
-        "quarantined kept"
-    );
-    assert_eq!(
-        server.count("SELECT count(*) FROM email_opt_outs"),
-        1,
-        "normalized row kept"
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE id = 2 AND body IS NOT NULL"), 1, "quarantined kept");
+    assert_eq!(server.count("SELECT count(*) FROM email_opt_outs"), 1, "normalized row kept");
 
     let again = ok(&["prune", "--db", &db, "--raw-older-than", "90d"]);
     assert!(again.contains("removed 0 raw bodies"), "{again}");
-    let with_quarantined = ok(&[
-        "prune",
-        "--db",
-        &db,
-        "--raw-older-than",
-        "90d",
-        "--include-quarantined",
-    ]);
-    assert!(
-        with_quarantined.contains("removed 1 raw bodies"),
-        "{with_quarantined}"
-    );
+    let with_quarantined = ok(&["prune", "--db", &db, "--raw-older-than", "90d", "--include-quarantined"]);
+    assert!(with_quarantined.contains("removed 1 raw bodies"), "{with_quarantined}");
     finish(load);
 
     let args = ["prune", "--db", &db, "--raw-older-than", "ninety days"];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("'ninety days'"));
 }
 
@@ -579,17 +352,9 @@ fn prune_rejects_negative_duration() {
     for value in ["-5d", "0", "0d"] {
         let args = ["prune", "--db", &db, "--raw-older-than", value];
         let output = run(&args);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{}",
-            describe(&args, &output)
-        );
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains(&format!("--raw-older-than '{value}'")),
-            "{stderr}"
-        );
+        assert!(stderr.contains(&format!("--raw-older-than '{value}'")), "{stderr}");
         assert!(stderr.contains("must be positive"), "{stderr}");
     }
 }
@@ -602,18 +367,10 @@ fn backup_names_missing_directory() {
     let dest = dest.to_str().unwrap().to_string();
     let args = ["backup", "--db", &db, &dest];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no-such-dir does not exist"), "{stderr}");
-    assert!(
-        !stderr.contains(".partial"),
-        "the temporary file is an internal detail: {stderr}"
-    );
+    assert!(!stderr.contains(".partial"), "the temporary file is an internal detail: {stderr}");
 }
 
 #[test]
@@ -621,53 +378,22 @@ fn forget_erases_person_everywhere() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
     let ann = "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a";
-    server.post(
-        "/hooks/email-opt-out",
-        format!(r#"{{"dsid":"{ann}","email":"Ann@Example.com"}}"#).as_bytes(),
-    );
-    server.post(
-        "/hooks/text-reply",
-        format!(r#"{{"dsid":"{ann}","mobile":"+1 555-0100","message":"STOP"}}"#).as_bytes(),
-    );
-    server.post(
-        "/hooks/contact-updated",
-        format!(r#"{{"dsId":"{ann}","email":"ann@example.com","firstName":"Ann"}}"#).as_bytes(),
-    );
+    server.post("/hooks/email-opt-out", format!(r#"{{"dsid":"{ann}","email":"Ann@Example.com"}}"#).as_bytes());
+    server.post("/hooks/text-reply", format!(r#"{{"dsid":"{ann}","mobile":"+1 555-0100","message":"STOP"}}"#).as_bytes());
+    server.post("/hooks/contact-updated", format!(r#"{{"dsId":"{ann}","email":"ann@example.com","firstName":"Ann"}}"#).as_bytes());
     server.post("/hooks/link-clicked", br#"{"id":"ann@example.com-link"}"#);
-    server.post(
-        "/hooks/email-opt-out",
-        br#"{"dsid":"b0b","email":"bob@example.com"}"#,
-    );
+    server.post("/hooks/email-opt-out", br#"{"dsid":"b0b","email":"bob@example.com"}"#);
 
-    let dry = ok(&[
-        "forget",
-        "--db",
-        &db,
-        "--email",
-        "ann@example.com",
-        "--dry-run",
-    ]);
-    assert!(
-        dry.contains("would erase 1 rows in text_replies"),
-        "found through the contact id: {dry}"
-    );
+    let dry = ok(&["forget", "--db", &db, "--email", "ann@example.com", "--dry-run"]);
+    assert!(dry.contains("would erase 1 rows in text_replies"), "found through the contact id: {dry}");
     assert_eq!(server.count("SELECT count(*) FROM text_replies"), 1);
 
     let load = background_load(&server);
     let erased = ok(&["forget", "--db", &db, "--email", "ann@example.com"]);
-    assert!(
-        erased.contains("erased 1 rows in email_opt_outs"),
-        "{erased}"
-    );
-    assert!(
-        erased.contains("erased 1 rows in contact_updates"),
-        "{erased}"
-    );
+    assert!(erased.contains("erased 1 rows in email_opt_outs"), "{erased}");
+    assert!(erased.contains("erased 1 rows in contact_updates"), "{erased}");
     assert!(erased.contains("erased 1 rows in text_replies"), "{erased}");
-    assert!(
-        erased.contains("erased 4 rows in deliveries"),
-        "the link click body mentions her too: {erased}"
-    );
+    assert!(erased.contains("erased 4 rows in deliveries"), "the link click body mentions her too: {erased}");
 
     let db_handle = server.db();
     let mentions: i64 = db_handle
@@ -678,23 +404,10 @@ fn forget_erases_person_everywhere() {
         )
         .unwrap();
     assert_eq!(mentions, 0);
-    assert_eq!(
-        server.count("SELECT count(*) FROM email_opt_outs WHERE email = 'bob@example.com'"),
-        1,
-        "others kept"
-    );
-    let audit: String = db_handle
-        .query_row(
-            "SELECT identifier_type || ' ' || erased FROM erasure_requests",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
+    assert_eq!(server.count("SELECT count(*) FROM email_opt_outs WHERE email = 'bob@example.com'"), 1, "others kept");
+    let audit: String = db_handle.query_row("SELECT identifier_type || ' ' || erased FROM erasure_requests", [], |row| row.get(0)).unwrap();
     assert!(audit.starts_with("email {"), "{audit}");
-    assert!(
-        !audit.to_lowercase().contains("ann"),
-        "no personal data in the audit row: {audit}"
-    );
+    assert!(!audit.to_lowercase().contains("ann"), "no personal data in the audit row: {audit}");
 
     let again = ok(&["forget", "--db", &db, "--email", "ann@example.com"]);
     assert!(again.contains("nothing found"), "{again}");
@@ -705,10 +418,7 @@ fn forget_erases_person_everywhere() {
 fn forget_mobile_compares_whole_numbers() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
-    server.post(
-        "/hooks/text-reply",
-        br#"{"dsid":"a1","mobile":"+1 (555) 010-0100","message":"STOP"}"#,
-    );
+    server.post("/hooks/text-reply", br#"{"dsid":"a1","mobile":"+1 (555) 010-0100","message":"STOP"}"#);
     server.post(
         "/hooks/email-bounced",
         br#"{"dsid":"b2","email":"b@example.com","date":"2026-03-01T14:05:09Z","reason":"x"}"#,
@@ -716,76 +426,35 @@ fn forget_mobile_compares_whole_numbers() {
     // Her digits at the end of a longer number (more than a country code
     // longer), and a number one digit apart: neither is her.
     server.post("/hooks/link-clicked", br#"{"id":"order-4477315550100100"}"#);
-    server.post(
-        "/hooks/sms-opt-out",
-        br#"{"dsid":"c3","mobile":"+1 555-010-0199"}"#,
-    );
+    server.post("/hooks/sms-opt-out", br#"{"dsid":"c3","mobile":"+1 555-010-0199"}"#);
 
     let short = ["forget", "--db", &db, "--mobile", "2026", "--dry-run"];
     let output = run(&short);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{}",
-        describe(&short, &output)
-    );
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("fewer than 7 digits"),
-        "{}",
-        describe(&short, &output)
-    );
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&short, &output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("fewer than 7 digits"), "{}", describe(&short, &output));
 
-    let dry = ok(&[
-        "forget",
-        "--db",
-        &db,
-        "--mobile",
-        "555 010 0100",
-        "--dry-run",
-    ]);
+    let dry = ok(&["forget", "--db", &db, "--mobile", "555 010 0100", "--dry-run"]);
     assert!(dry.contains("would erase 1 rows in text_replies"), "{dry}");
     assert!(dry.contains("would erase 1 rows in deliveries"), "{dry}");
     assert!(!dry.contains("sms_opt_outs"), "{dry}");
 
     ok(&["forget", "--db", &db, "--mobile", "+1 555 010 0100"]);
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE body IS NULL"),
-        1
-    );
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE kind = 'text-reply' AND body IS NULL"),
-        1
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE body IS NULL"), 1);
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE kind = 'text-reply' AND body IS NULL"), 1);
 }
 
 #[test]
 fn forget_email_skips_longer_addresses() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
-    server.post(
-        "/hooks/email-opt-out",
-        br#"{"dsid":"b1","email":"bob@example.com"}"#,
-    );
-    server.post(
-        "/hooks/email-opt-out",
-        br#"{"dsid":"j2","email":"jimbob@example.com"}"#,
-    );
-    server.post(
-        "/hooks/email-bounced",
-        br#"{"dsid":"j3","email":"bob@example.com.au","reason":"x"}"#,
-    );
+    server.post("/hooks/email-opt-out", br#"{"dsid":"b1","email":"bob@example.com"}"#);
+    server.post("/hooks/email-opt-out", br#"{"dsid":"j2","email":"jimbob@example.com"}"#);
+    server.post("/hooks/email-bounced", br#"{"dsid":"j3","email":"bob@example.com.au","reason":"x"}"#);
 
     let erased = ok(&["forget", "--db", &db, "--email", "bob@example.com"]);
     assert!(erased.contains("erased 1 rows in deliveries"), "{erased}");
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE body IS NOT NULL"),
-        2,
-        "the others are kept"
-    );
-    assert_eq!(
-        server.count("SELECT count(*) FROM email_opt_outs WHERE email = 'jimbob@example.com'"),
-        1
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE body IS NOT NULL"), 2, "the others are kept");
+    assert_eq!(server.count("SELECT count(*) FROM email_opt_outs WHERE email = 'jimbob@example.com'"), 1);
 }
 
 #[test]
@@ -800,36 +469,18 @@ fn commands_name_a_missing_database() {
         vec!["backup", "--db", missing, "/tmp/never-written.db"],
     ] {
         let output = run(&args);
-        assert_eq!(
-            output.status.code(),
-            Some(1),
-            "{}",
-            describe(&args, &output)
-        );
-        assert!(
-            String::from_utf8_lossy(&output.stderr).contains(missing),
-            "{}",
-            describe(&args, &output)
-        );
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
+        assert!(String::from_utf8_lossy(&output.stderr).contains(missing), "{}", describe(&args, &output));
     }
-    assert!(
-        !std::path::Path::new(missing).exists(),
-        "no empty database created"
-    );
+    assert!(!std::path::Path::new(missing).exists(), "no empty database created");
 }
 
 #[test]
 fn export_streams_rows_of_one_kind() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
-    server.post(
-        "/hooks/email-bounced",
-        br#"{"dsid":"d1","email":"a@example.com","is_spam_complaint":"true","reason":"Spam"}"#,
-    );
-    server.post(
-        "/hooks/email-bounced",
-        br#"{"dsid":"d2","email":"b@example.com","date":"2026-03-01T14:05:09"}"#,
-    );
+    server.post("/hooks/email-bounced", br#"{"dsid":"d1","email":"a@example.com","is_spam_complaint":"true","reason":"Spam"}"#);
+    server.post("/hooks/email-bounced", br#"{"dsid":"d2","email":"b@example.com","date":"2026-03-01T14:05:09"}"#);
     server.post("/hooks/brand-new", br#"{"x":1}"#);
     server
         .db()
@@ -840,19 +491,8 @@ fn export_streams_rows_of_one_kind() {
         .unwrap();
     let load = background_load(&server);
 
-    let ndjson = ok(&[
-        "export",
-        "--db",
-        &db,
-        "--kind",
-        "email-bounced",
-        "--format",
-        "ndjson",
-    ]);
-    let rows: Vec<serde_json::Value> = ndjson
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("JSON line"))
-        .collect();
+    let ndjson = ok(&["export", "--db", &db, "--kind", "email-bounced", "--format", "ndjson"]);
+    let rows: Vec<serde_json::Value> = ndjson.lines().map(|line| serde_json::from_str(line).expect("JSON line")).collect();
     assert_eq!(rows.len(), 2, "{ndjson}");
     assert_eq!(rows[0]["email"], "a@example.com");
     assert_eq!(rows[0]["is_spam_complaint"], 1);
@@ -860,56 +500,23 @@ fn export_streams_rows_of_one_kind() {
     assert_eq!(rows[1]["date_text"], "2026-03-01T14:05:09");
     assert_eq!(rows[1]["duplicate_of"], serde_json::Value::Null);
 
-    let recent = ok(&[
-        "export",
-        "--db",
-        &db,
-        "--kind",
-        "email-bounced",
-        "--since",
-        "2021-01-01",
-        "--format",
-        "json",
-    ]);
+    let recent = ok(&["export", "--db", &db, "--kind", "email-bounced", "--since", "2021-01-01", "--format", "json"]);
     let recent: serde_json::Value = serde_json::from_str(&recent).expect("JSON array");
     assert_eq!(recent.as_array().unwrap().len(), 1);
     assert_eq!(recent[0]["dsid"], "d2");
 
     let raw = ok(&["export", "--db", &db, "--kind", "brand-new", "--raw"]);
     let mut lines = raw.lines();
-    assert!(
-        lines
-            .next()
-            .unwrap()
-            .starts_with("delivery_id,received_at,kind,outcome"),
-        "{raw}"
-    );
+    assert!(lines.next().unwrap().starts_with("delivery_id,received_at,kind,outcome"), "{raw}");
     let row = lines.next().expect("one raw row");
     assert!(row.contains("unknown_kind"), "{raw}");
     assert!(row.contains(r#"{""x"":1}"#), "raw body in the row: {raw}");
 
-    assert_eq!(
-        ok(&[
-            "export",
-            "--db",
-            &db,
-            "--kind",
-            "email-bounced",
-            "--format",
-            "ndjson"
-        ]),
-        ndjson,
-        "a second run gives the same rows"
-    );
+    assert_eq!(ok(&["export", "--db", &db, "--kind", "email-bounced", "--format", "ndjson"]), ndjson, "a second run gives the same rows");
     finish(load);
 
     let args = ["export", "--db", &db, "--kind", "brand-new"];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--raw"));
 }

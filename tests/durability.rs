@@ -23,9 +23,7 @@ fn build_fault_library(dir: &Path) -> PathBuf {
         .arg(&source)
         .arg("-ldl")
         .status()
-        .expect(
-            "run cc (the C compiler that builds the bundled SQLite) to build the fault library",
-        );
+        .expect("run cc (the C compiler that builds the bundled SQLite) to build the fault library");
     assert!(status.success(), "cc failed to build {}", source.display());
     library
 }
@@ -37,10 +35,7 @@ fn start_with_faults() -> (tempfile::TempDir, Server) {
     let library = build_fault_library(faults.path());
     let server = Server::start_with_env(
         &[],
-        &[
-            ("LD_PRELOAD", library.as_os_str()),
-            ("SYNC_FAULT_DIR", faults.path().as_os_str()),
-        ],
+        &[("LD_PRELOAD", library.as_os_str()), ("SYNC_FAULT_DIR", faults.path().as_os_str())],
     );
     (faults, server)
 }
@@ -58,19 +53,12 @@ fn acknowledgement_waits_for_wal_sync() {
 
     // A slow disk: the response comes only after the WAL sync returns.
     const DELAY: Duration = Duration::from_millis(400);
-    std::fs::write(
-        faults.path().join("delay_ms"),
-        DELAY.as_millis().to_string(),
-    )
-    .unwrap();
+    std::fs::write(faults.path().join("delay_ms"), DELAY.as_millis().to_string()).unwrap();
     let started = Instant::now();
     let slow = server.post("/hooks/email-opt-out", opt_out(2).as_bytes());
     let took = started.elapsed();
     assert_eq!(slow.status, 200, "{}", slow.body);
-    assert!(
-        took >= DELAY,
-        "answered after {took:?}, before the {DELAY:?} WAL sync ended"
-    );
+    assert!(took >= DELAY, "answered after {took:?}, before the {DELAY:?} WAL sync ended");
     std::fs::remove_file(faults.path().join("delay_ms")).unwrap();
 
     // A failing disk: the delivery is committed but not known to be on
@@ -80,18 +68,10 @@ fn acknowledgement_waits_for_wal_sync() {
     std::fs::write(faults.path().join("fail"), "").unwrap();
     let refused = server.post("/hooks/email-opt-out", opt_out(3).as_bytes());
     assert_eq!(refused.status, 503, "{}", refused.body);
-    let reason = refused.json()["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let reason = refused.json()["error"].as_str().unwrap_or_default().to_string();
     assert!(reason.contains("cannot sync"), "{reason}");
-    assert!(
-        refused.header("Retry-After").is_some(),
-        "503 without Retry-After"
-    );
-    let status = server
-        .wait_exit(Duration::from_secs(10))
-        .expect("serve exits after a failed WAL sync");
+    assert!(refused.header("Retry-After").is_some(), "503 without Retry-After");
+    let status = server.wait_exit(Duration::from_secs(10)).expect("serve exits after a failed WAL sync");
     assert_eq!(status.code(), Some(74), "{status:?}");
 
     // The service manager starts it again. SQLite recovers the WAL, and
@@ -104,14 +84,8 @@ fn acknowledgement_waits_for_wal_sync() {
     let health = server.request("GET", "/healthz", &[], b"");
     assert_eq!(health.status, 200, "{}", health.body);
     assert_eq!(server.count("SELECT count(*) FROM opt_outs"), 3);
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE outcome = 'stored'"),
-        4
-    );
-    let integrity: String = server
-        .db()
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap();
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE outcome = 'stored'"), 4);
+    let integrity: String = server.db().query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(integrity, "ok");
 }
 
@@ -135,8 +109,6 @@ fn failed_header_sync_stops_serve() {
 
     // Even though the next sync would succeed, serve stops rather than
     // acknowledge anything more from this file.
-    let status = server
-        .wait_exit(Duration::from_secs(10))
-        .expect("serve exits after a failed WAL sync");
+    let status = server.wait_exit(Duration::from_secs(10)).expect("serve exits after a failed WAL sync");
     assert_eq!(status.code(), Some(74), "{status:?}");
 }

@@ -33,9 +33,7 @@ fn delivery_request(message_id: &str) -> Vec<u8> {
 /// Reads from `stream` until the peer closes it or resets it, for at most
 /// `limit`. Returns the bytes read.
 fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
-    stream
-        .set_read_timeout(Some(limit))
-        .expect("set read timeout");
+    stream.set_read_timeout(Some(limit)).expect("set read timeout");
     let mut received = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
@@ -43,10 +41,7 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
             Ok(0) => return received,
             Ok(count) => received.extend_from_slice(&chunk[..count]),
             Err(error) if error.kind() == ErrorKind::ConnectionReset => return received,
-            Err(error) => panic!(
-                "connection still open after {limit:?} ({error}); {} bytes read",
-                received.len()
-            ),
+            Err(error) => panic!("connection still open after {limit:?} ({error}); {} bytes read", received.len()),
         }
     }
 }
@@ -113,9 +108,7 @@ fn http10_keep_alive_is_confirmed() {
 
     // Without keep-alive an HTTP/1.0 connection closes after one response.
     let mut plain = server.connect();
-    plain
-        .write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
-        .expect("send HTTP/1.0 request");
+    plain.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").expect("send HTTP/1.0 request");
     let reply = read_reply(&mut plain).expect("response");
     assert_eq!(reply.header("Connection"), Some("close"));
     assert!(read_until_closed(&mut plain, Duration::from_secs(5)).is_empty());
@@ -132,9 +125,7 @@ fn non_reading_pipeliner_is_bounded() {
     let before_kib = resident_kib(server.pid());
 
     let mut pipeliner = server.connect();
-    pipeliner
-        .set_write_timeout(Some(Duration::from_secs(3)))
-        .expect("set write timeout");
+    pipeliner.set_write_timeout(Some(Duration::from_secs(3))).expect("set write timeout");
     let mut requests = delivery_request("pipelined");
     for _ in 0..METRICS_REQUESTS {
         requests.extend_from_slice(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
@@ -151,27 +142,17 @@ fn non_reading_pipeliner_is_bounded() {
         "/healthz took {:?} next to the non-reading client",
         started.elapsed()
     );
-    let delivered = wait_for(Duration::from_secs(5), || {
-        server.count("SELECT count(*) FROM deliveries") == 1
-    });
+    let delivered = wait_for(Duration::from_secs(5), || server.count("SELECT count(*) FROM deliveries") == 1);
     assert!(delivered, "the pipelined delivery was not stored");
 
     // Past the 2 s write timeout, the server has given up on the client.
     thread::sleep(Duration::from_secs(5).saturating_sub(written.elapsed()));
     let grown_kib = resident_kib(server.pid()).saturating_sub(before_kib);
-    assert!(
-        grown_kib < 16 * 1024,
-        "resident memory grew by {grown_kib} KiB for one client"
-    );
+    assert!(grown_kib < 16 * 1024, "resident memory grew by {grown_kib} KiB for one client");
     let received = read_until_closed(&mut pipeliner, Duration::from_secs(5));
-    let responses = String::from_utf8_lossy(&received)
-        .matches("HTTP/1.1 200 ")
-        .count();
+    let responses = String::from_utf8_lossy(&received).matches("HTTP/1.1 200 ").count();
     assert!(responses >= 1, "not even the delivery was answered");
-    assert!(
-        responses < 1 + METRICS_REQUESTS,
-        "all {responses} responses written to a client that did not read"
-    );
+    assert!(responses < 1 + METRICS_REQUESTS, "all {responses} responses written to a client that did not read");
     assert_healthy(&server);
 }
 
@@ -205,9 +186,7 @@ fn shutdown_stores_every_acknowledged_pipelined_delivery() {
         .into_iter()
         .map(|reader| String::from_utf8_lossy(&reader.join().expect("reader thread")).into_owned())
         .collect();
-    let status = server
-        .wait_exit(Duration::from_secs(20))
-        .expect("serve exits after SIGTERM");
+    let status = server.wait_exit(Duration::from_secs(20)).expect("serve exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 
     let acknowledged: Vec<i64> = outputs
@@ -218,30 +197,19 @@ fn shutdown_stores_every_acknowledged_pipelined_delivery() {
             digits.parse().expect("numeric delivery id")
         })
         .collect();
-    let acknowledged_responses: usize = outputs
-        .iter()
-        .map(|output| output.matches("HTTP/1.1 200 ").count())
-        .sum();
+    let acknowledged_responses: usize = outputs.iter().map(|output| output.matches("HTTP/1.1 200 ").count()).sum();
     assert_eq!(acknowledged.len(), acknowledged_responses);
-    assert!(
-        !acknowledged.is_empty(),
-        "no delivery acknowledged before SIGTERM"
-    );
+    assert!(!acknowledged.is_empty(), "no delivery acknowledged before SIGTERM");
 
     let db = server.db();
     for id in &acknowledged {
         let stored: i64 = db
-            .query_row(
-                "SELECT count(*) FROM deliveries WHERE id = ?1",
-                [id],
-                |row| row.get(0),
-            )
+            .query_row("SELECT count(*) FROM deliveries WHERE id = ?1", [id], |row| row.get(0))
             .expect("count deliveries");
         assert_eq!(stored, 1, "delivery {id} got 200 but is not stored");
     }
-    let stored_total: i64 = db
-        .query_row("SELECT count(*) FROM deliveries", [], |row| row.get(0))
-        .expect("count deliveries");
+    let stored_total: i64 =
+        db.query_row("SELECT count(*) FROM deliveries", [], |row| row.get(0)).expect("count deliveries");
     eprintln!(
         "{} of {} pipelined deliveries acknowledged, {stored_total} stored",
         acknowledged.len(),
@@ -251,9 +219,7 @@ fn shutdown_stores_every_acknowledged_pipelined_delivery() {
 
 /// Returns how many file descriptors process `pid` has open.
 fn open_descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("list /proc fd directory")
-        .count()
+    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list /proc fd directory").count()
 }
 
 /// Connections closed by their clients while their delivery is being
@@ -271,22 +237,13 @@ fn closed_while_committing_frees_slot() {
     let idle_descriptors = open_descriptors(server.pid());
     for index in 0..10 {
         let mut stream = server.connect();
-        stream
-            .write_all(&delivery_request(&format!("closed-{index}")))
-            .expect("send delivery");
+        stream.write_all(&delivery_request(&format!("closed-{index}"))).expect("send delivery");
         drop(stream);
 
-        let stored = wait_for(Duration::from_secs(10), || {
-            server.count("SELECT count(*) FROM deliveries") == index + 2
-        });
-        assert!(
-            stored,
-            "delivery {index} not stored after its client closed"
-        );
+        let stored = wait_for(Duration::from_secs(10), || server.count("SELECT count(*) FROM deliveries") == index + 2);
+        assert!(stored, "delivery {index} not stored after its client closed");
         // The socket closes once the delivery is synced and answered.
-        let closed = wait_for(Duration::from_secs(10), || {
-            open_descriptors(server.pid()) == idle_descriptors
-        });
+        let closed = wait_for(Duration::from_secs(10), || open_descriptors(server.pid()) == idle_descriptors);
         assert!(
             closed,
             "connection {index} still open: {} descriptors, {idle_descriptors} when idle",

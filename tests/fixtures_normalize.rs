@@ -19,15 +19,12 @@ struct Case {
 }
 
 fn fixtures_dir(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// Returns the names of the `.json` files in `dir`.
 fn json_files(dir: &Path) -> BTreeSet<String> {
-    let entries =
-        fs::read_dir(dir).unwrap_or_else(|error| panic!("cannot list {}: {error}", dir.display()));
+    let entries = fs::read_dir(dir).unwrap_or_else(|error| panic!("cannot list {}: {error}", dir.display()));
     entries
         .map(|entry| {
             entry
@@ -57,11 +54,7 @@ fn read_cases(dir: &Path) -> Vec<Case> {
             .collect();
         cases.push(Case { file, expected });
     }
-    assert!(
-        !cases.is_empty(),
-        "{} has no table rows",
-        readme_path.display()
-    );
+    assert!(!cases.is_empty(), "{} has no table rows", readme_path.display());
     cases
 }
 
@@ -82,9 +75,9 @@ fn parse_expectation(span: &str, line: &str) -> (String, Value) {
             .unwrap_or_else(|error| panic!("invalid JSON string {literal} in: {line}: {error}"));
         Value::Text(text)
     } else {
-        let number = literal.parse::<i64>().unwrap_or_else(|_| {
-            panic!("value {literal} is neither NULL, an integer nor a JSON string in: {line}")
-        });
+        let number = literal
+            .parse::<i64>()
+            .unwrap_or_else(|_| panic!("value {literal} is neither NULL, an integer nor a JSON string in: {line}"));
         Value::Integer(number)
     };
     (column.to_string(), value)
@@ -93,12 +86,8 @@ fn parse_expectation(span: &str, line: &str) -> (String, Value) {
 /// Returns the kind named by the slug before the first dot of a file name.
 fn kind_of(file: &str) -> &'static Kind {
     let slug = file.split('.').next().unwrap_or(file);
-    catalog::by_slug(slug).unwrap_or_else(|| {
-        panic!(
-            "{file} does not start with a kind slug ({})",
-            catalog::slug_list()
-        )
-    })
+    catalog::by_slug(slug)
+        .unwrap_or_else(|| panic!("{file} does not start with a kind slug ({})", catalog::slug_list()))
 }
 
 /// Normalizes every fixture listed in `dir/README.md` and returns one line
@@ -108,14 +97,10 @@ fn check_listed_values(dir: &Path) -> Vec<String> {
     for case in read_cases(dir) {
         let kind = kind_of(&case.file);
         let path = dir.join(&case.file);
-        let body = fs::read(&path)
-            .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+        let body = fs::read(&path).unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
         // `quarantined = "text"` means the body must be kept but not
         // normalized, with a reason that contains the text.
-        let quarantine = case
-            .expected
-            .iter()
-            .find(|(column, _)| column == "quarantined");
+        let quarantine = case.expected.iter().find(|(column, _)| column == "quarantined");
         let row = match (normalize(kind, &body), quarantine) {
             (Err(error), Some((_, Value::Text(expected)))) => {
                 if !error.contains(expected.as_str()) {
@@ -124,10 +109,7 @@ fn check_listed_values(dir: &Path) -> Vec<String> {
                 continue;
             }
             (Ok(_), Some(_)) => {
-                failures.push(format!(
-                    "{}: normalized, expected it to be quarantined",
-                    case.file
-                ));
+                failures.push(format!("{}: normalized, expected it to be quarantined", case.file));
                 continue;
             }
             (Ok(row), None) => row,
@@ -140,10 +122,7 @@ fn check_listed_values(dir: &Path) -> Vec<String> {
         let columns = kind.columns();
         for (column, expected) in &case.expected {
             let Some(index) = columns.iter().position(|name| name == column) else {
-                failures.push(format!(
-                    "{}: table {} has no column {column}",
-                    case.file, kind.table
-                ));
+                failures.push(format!("{}: table {} has no column {column}", case.file, kind.table));
                 continue;
             };
             if row.values[index] != *expected {
@@ -168,12 +147,7 @@ fn check_row_dsid(kind: &Kind, row: &Row) -> Option<String> {
         Value::Text(text) => Some(text.clone()),
         _ => None,
     };
-    (row.dsid != from_column).then(|| {
-        format!(
-            "Row::dsid is {:?} but the dsid column is {from_column:?}",
-            row.dsid
-        )
-    })
+    (row.dsid != from_column).then(|| format!("Row::dsid is {:?} but the dsid column is {from_column:?}", row.dsid))
 }
 
 #[test]
@@ -226,10 +200,7 @@ fn readme_tables_list_every_fixture() {
 fn every_variation_names_a_kind() {
     for file in json_files(&fixtures_dir("variations")) {
         let parts: Vec<&str> = file.split('.').collect();
-        assert!(
-            parts.len() >= 3,
-            "{file} should be named {{slug}}.{{variation}}.json"
-        );
+        assert!(parts.len() >= 3, "{file} should be named {{slug}}.{{variation}}.json");
         kind_of(&file);
     }
 }
@@ -238,11 +209,7 @@ fn every_variation_names_a_kind() {
 fn every_case_lists_a_value() {
     for name in ["samples", "variations"] {
         for case in read_cases(&fixtures_dir(name)) {
-            assert!(
-                !case.expected.is_empty(),
-                "{name}/{} lists no stored value",
-                case.file
-            );
+            assert!(!case.expected.is_empty(), "{name}/{} lists no stored value", case.file);
         }
     }
 }
@@ -252,8 +219,7 @@ fn every_case_lists_a_value() {
 
 #[test]
 fn bom_fixture_starts_with_bom() {
-    let body = fs::read(fixtures_dir("variations").join("contact-updated.bom.json"))
-        .expect("fixture is readable");
+    let body = fs::read(fixtures_dir("variations").join("contact-updated.bom.json")).expect("fixture is readable");
     assert!(
         body.starts_with(b"\xEF\xBB\xBF{"),
         "first bytes: {:02X?}",
@@ -264,10 +230,8 @@ fn bom_fixture_starts_with_bom() {
 #[test]
 fn lone_surrogate_fixtures_keep_escapes() {
     let dir = fixtures_dir("variations");
-    let high = fs::read_to_string(dir.join("text-reply.lone-surrogate.json"))
-        .expect("fixture is readable");
+    let high = fs::read_to_string(dir.join("text-reply.lone-surrogate.json")).expect("fixture is readable");
     assert!(high.contains(r"Thanks \ud83d see"), "{high}");
-    let low = fs::read_to_string(dir.join("text-reply.lone-low-surrogate.json"))
-        .expect("fixture is readable");
+    let low = fs::read_to_string(dir.join("text-reply.lone-low-surrogate.json")).expect("fixture is readable");
     assert!(low.contains(r#""\ude00 sounds"#), "{low}");
 }

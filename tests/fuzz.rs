@@ -100,10 +100,7 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 /// Serializes `value`, with every `LONE_SURROGATE_MARK` turned into the
 /// escape of a lone high surrogate.
 fn json_text(value: &serde_json::Value) -> Vec<u8> {
-    value
-        .to_string()
-        .replace(LONE_SURROGATE_MARK, "\\ud83d")
-        .into_bytes()
+    value.to_string().replace(LONE_SURROGATE_MARK, "\\ud83d").into_bytes()
 }
 
 /// Bodies: arbitrary bytes, JSON-ish text, and JSON with bytes cut or
@@ -112,17 +109,15 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..512),
         json_value().prop_map(|value| json_text(&value)),
-        (json_value(), any::<prop::sample::Index>(), any::<u8>()).prop_map(
-            |(value, index, byte)| {
-                let mut bytes = json_text(&value);
-                if !bytes.is_empty() {
-                    let at = index.index(bytes.len());
-                    bytes[at] = byte;
-                    bytes.truncate(at + 1 + index.index(bytes.len() - at));
-                }
-                bytes
+        (json_value(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(value, index, byte)| {
+            let mut bytes = json_text(&value);
+            if !bytes.is_empty() {
+                let at = index.index(bytes.len());
+                bytes[at] = byte;
+                bytes.truncate(at + 1 + index.index(bytes.len() - at));
             }
-        ),
+            bytes
+        }),
     ]
 }
 
@@ -190,44 +185,32 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
     ];
     let line_end = prop_oneof![9 => Just("\r\n"), 1 => Just("\n")];
     let chunked = any::<bool>();
-    (
-        method,
-        path,
-        version,
-        prop::collection::vec(header_line(), 0..6),
-        body(),
-        line_end,
-        chunked,
-    )
-        .prop_map(
-            |(method, path, version, headers, body, line_end, chunked)| {
-                let mut text =
-                    format!("{method} {path} {version}{line_end}Host: 127.0.0.1{line_end}");
-                for header in &headers {
-                    text.push_str(header);
-                    text.push_str(line_end);
-                }
-                if !headers.iter().any(|header| {
-                    header.starts_with("Content-Length") || header.starts_with("Transfer")
-                }) {
-                    if chunked {
-                        text.push_str(&format!("Transfer-Encoding: chunked{line_end}"));
-                    } else {
-                        text.push_str(&format!("Content-Length: {}{line_end}", body.len()));
-                    }
-                }
+    (method, path, version, prop::collection::vec(header_line(), 0..6), body(), line_end, chunked).prop_map(
+        |(method, path, version, headers, body, line_end, chunked)| {
+            let mut text = format!("{method} {path} {version}{line_end}Host: 127.0.0.1{line_end}");
+            for header in &headers {
+                text.push_str(header);
                 text.push_str(line_end);
-                let mut bytes = text.into_bytes();
+            }
+            if !headers.iter().any(|header| header.starts_with("Content-Length") || header.starts_with("Transfer")) {
                 if chunked {
-                    bytes.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
-                    bytes.extend_from_slice(&body);
-                    bytes.extend_from_slice(b"\r\n0\r\n\r\n");
+                    text.push_str(&format!("Transfer-Encoding: chunked{line_end}"));
                 } else {
-                    bytes.extend_from_slice(&body);
+                    text.push_str(&format!("Content-Length: {}{line_end}", body.len()));
                 }
-                bytes
-            },
-        )
+            }
+            text.push_str(line_end);
+            let mut bytes = text.into_bytes();
+            if chunked {
+                bytes.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+                bytes.extend_from_slice(&body);
+                bytes.extend_from_slice(b"\r\n0\r\n\r\n");
+            } else {
+                bytes.extend_from_slice(&body);
+            }
+            bytes
+        },
+    )
 }
 
 /// Any bytes at all, requests, and requests with bytes cut or flipped.
@@ -251,14 +234,10 @@ fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
 /// by the rule in the module documentation. A line ending in LF alone gets
 /// 400 as soon as it arrives.
 fn may_close_silently(bytes: &[u8]) -> bool {
-    let start = bytes
-        .iter()
-        .take_while(|byte| **byte == b'\r' || **byte == b'\n')
-        .count();
+    let start = bytes.iter().take_while(|byte| **byte == b'\r' || **byte == b'\n').count();
     let bytes = &bytes[start..];
     let Some(end) = bytes.windows(4).position(|window| window == b"\r\n\r\n") else {
-        let bare_line_feed = (0..bytes.len())
-            .any(|index| bytes[index] == b'\n' && (index == 0 || bytes[index - 1] != b'\r'));
+        let bare_line_feed = (0..bytes.len()).any(|index| bytes[index] == b'\n' && (index == 0 || bytes[index - 1] != b'\r'));
         return !bare_line_feed;
     };
     let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
@@ -275,59 +254,26 @@ fn may_close_silently(bytes: &[u8]) -> bool {
 #[test]
 fn server_handles_any_bytes_without_5xx() {
     const CASES: u32 = 500;
-    let server = Server::start(&[
-        "--token",
-        TOKEN,
-        "--read-timeout",
-        "2",
-        "--idle-timeout",
-        "2",
-    ]);
+    let server = Server::start(&["--token", TOKEN, "--read-timeout", "2", "--idle-timeout", "2"]);
     let started = Instant::now();
     let statuses = std::cell::RefCell::new(std::collections::BTreeMap::<String, usize>::new());
 
-    let config = Config {
-        cases: CASES,
-        failure_persistence: None,
-        max_shrink_time: 10_000,
-        ..Config::default()
-    };
+    let config = Config { cases: CASES, failure_persistence: None, max_shrink_time: 10_000, ..Config::default() };
     let mut runner = TestRunner::new(config);
     let result = runner.run(&request_bytes(), |bytes| {
         let mut stream = server.connect();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("set timeout");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("set timeout");
         // The server may close early, for example after a 431; then the
         // rest of the bytes cannot be written, which is fine.
-        let _ = stream
-            .write_all(&bytes)
-            .and_then(|()| stream.shutdown(Shutdown::Write));
+        let _ = stream.write_all(&bytes).and_then(|()| stream.shutdown(Shutdown::Write));
         match read_reply(&mut stream) {
             Ok(reply) => {
-                *statuses
-                    .borrow_mut()
-                    .entry(reply.status.to_string())
-                    .or_default() += 1;
+                *statuses.borrow_mut().entry(reply.status.to_string()).or_default() += 1;
                 let allowed = matches!(reply.status, 200 | 202 | 400..=499);
-                prop_assert!(
-                    allowed,
-                    "status {} for {:?}: {}",
-                    reply.status,
-                    String::from_utf8_lossy(&bytes),
-                    reply.body
-                );
+                prop_assert!(allowed, "status {} for {:?}: {}", reply.status, String::from_utf8_lossy(&bytes), reply.body);
             }
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
-                ) =>
-            {
-                *statuses
-                    .borrow_mut()
-                    .entry("closed".to_string())
-                    .or_default() += 1;
+            Err(error) if matches!(error.kind(), ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset) => {
+                *statuses.borrow_mut().entry("closed".to_string()).or_default() += 1;
                 prop_assert!(
                     may_close_silently(&bytes),
                     "closed without a response ({error}) for a complete request: {:?}",
@@ -346,11 +292,7 @@ fn server_handles_any_bytes_without_5xx() {
     if let Err(failure) = result {
         panic!("{failure}");
     }
-    eprintln!(
-        "{CASES} cases in {:?}, responses: {:?}",
-        started.elapsed(),
-        statuses.borrow()
-    );
+    eprintln!("{CASES} cases in {:?}, responses: {:?}", started.elapsed(), statuses.borrow());
 
     // The server is still up and still stores real deliveries.
     let reply = server.request("GET", "/healthz", &[], b"");
@@ -358,9 +300,6 @@ fn server_handles_any_bytes_without_5xx() {
     let body = br#"{"dsid":"after-fuzz","email":"pat@example.com","messageid":"after-fuzz"}"#;
     let reply = server.post(&format!("/hooks/email-bounced?token={TOKEN}"), body);
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(
-        server.count("SELECT count(*) FROM email_bounces WHERE message_id = 'after-fuzz'"),
-        1
-    );
+    assert_eq!(server.count("SELECT count(*) FROM email_bounces WHERE message_id = 'after-fuzz'"), 1);
     assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE outcome NOT IN ('stored', 'quarantined', 'unknown_kind')"), 0);
 }

@@ -36,32 +36,20 @@ fn store_failure_answers_503() {
             .iter()
             .map(|body| scope.spawn(|| server.post("/hooks/email-opt-out", body.as_bytes())))
             .collect();
-        threads
-            .into_iter()
-            .map(|thread| thread.join().expect("client thread"))
-            .collect()
+        threads.into_iter().map(|thread| thread.join().expect("client thread")).collect()
     });
 
     let mut stored = Vec::new();
     for (body, reply) in bodies.iter().zip(&replies) {
         if body.contains("reject-me") {
             assert_eq!(reply.status, 503, "{body}: {}", reply.body);
-            let reason = reply.json()["error"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let reason = reply.json()["error"].as_str().unwrap_or_default().to_string();
             assert!(reason.starts_with("store unavailable: "), "{reason}");
             assert!(reason.contains("simulated write failure"), "{reason}");
-            assert!(
-                reply.header("Retry-After").is_some(),
-                "503 without Retry-After"
-            );
+            assert!(reply.header("Retry-After").is_some(), "503 without Retry-After");
         } else {
             assert_eq!(reply.status, 200, "{body}: {}", reply.body);
-            stored.push((
-                reply.json()["id"].as_i64().expect("id in answer"),
-                body.clone(),
-            ));
+            stored.push((reply.json()["id"].as_i64().expect("id in answer"), body.clone()));
         }
     }
 
@@ -115,12 +103,7 @@ fn shortest_direct_commit(dir: &std::path::Path, count: usize) -> Duration {
     for n in 0..count {
         let started = Instant::now();
         connection.execute_batch("BEGIN IMMEDIATE").expect("begin");
-        connection
-            .execute(
-                "INSERT INTO samples (body) VALUES (?1)",
-                [format!("lnk-{n}")],
-            )
-            .expect("insert");
+        connection.execute("INSERT INTO samples (body) VALUES (?1)", [format!("lnk-{n}")]).expect("insert");
         connection.execute_batch("COMMIT").expect("commit");
         shortest = shortest.min(started.elapsed());
     }

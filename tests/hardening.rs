@@ -39,28 +39,14 @@ fn delivery_request(path: &str, message_id: &str) -> Vec<u8> {
 
 /// Posts a new bounce and checks that it gets 200 and is stored.
 fn assert_stores_delivery(server: &Server, path: &str) {
-    let message_id = format!(
-        "probe-{}",
-        server.count("SELECT count(*) FROM deliveries") + 1
-    );
+    let message_id = format!("probe-{}", server.count("SELECT count(*) FROM deliveries") + 1);
     let reply = server.post(path, bounce(&message_id).as_bytes());
-    assert_eq!(
-        reply.status, 200,
-        "real delivery after the attack: {}",
-        reply.body
-    );
+    assert_eq!(reply.status, 200, "real delivery after the attack: {}", reply.body);
     let stored: i64 = server
         .db()
-        .query_row(
-            "SELECT count(*) FROM email_bounces WHERE message_id = ?1",
-            [&message_id],
-            |row| row.get(0),
-        )
+        .query_row("SELECT count(*) FROM email_bounces WHERE message_id = ?1", [&message_id], |row| row.get(0))
         .expect("count bounces");
-    assert_eq!(
-        stored, 1,
-        "real delivery {message_id} not found in email_bounces"
-    );
+    assert_eq!(stored, 1, "real delivery {message_id} not found in email_bounces");
 }
 
 fn hook(kind: &str) -> String {
@@ -70,9 +56,7 @@ fn hook(kind: &str) -> String {
 /// Reads what is left on `stream` until the peer closes it. Fails when the
 /// peer keeps it open for 5 s.
 fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("set timeout");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("set timeout");
     let mut rest = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -82,10 +66,7 @@ fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
             // A reset also ends the connection. What matters is that no
             // further response came.
             Err(error) if error.kind() == ErrorKind::ConnectionReset => return rest,
-            Err(error) => panic!(
-                "connection still open after 5 s ({error}); read so far: {}",
-                String::from_utf8_lossy(&rest)
-            ),
+            Err(error) => panic!("connection still open after 5 s ({error}); read so far: {}", String::from_utf8_lossy(&rest)),
         }
     }
 }
@@ -97,12 +78,7 @@ fn send_expect_close(server: &Server, bytes: &[u8]) -> Reply {
     stream.write_all(bytes).expect("send request");
     let reply = read_reply(&mut stream).expect("read response");
     let rest = read_until_closed(&mut stream);
-    assert!(
-        rest.is_empty(),
-        "bytes after the {} response: {}",
-        reply.status,
-        String::from_utf8_lossy(&rest)
-    );
+    assert!(rest.is_empty(), "bytes after the {} response: {}", reply.status, String::from_utf8_lossy(&rest));
     reply
 }
 
@@ -110,9 +86,7 @@ fn send_expect_close(server: &Server, bytes: &[u8]) -> Reply {
 /// they are `expected`.
 fn read_exact_text(stream: &mut TcpStream, expected: &str) {
     let mut received = vec![0u8; expected.len()];
-    stream
-        .read_exact(&mut received)
-        .expect("read interim response");
+    stream.read_exact(&mut received).expect("read interim response");
     assert_eq!(String::from_utf8_lossy(&received), expected);
 }
 
@@ -136,46 +110,23 @@ fn start_upload(server: &Server, body: &[u8]) -> (TcpStream, Vec<u8>) {
 /// Spawns `command`, which must run `serve` and print its listening line,
 /// with stderr written to `log`. Returns None when the process exits
 /// without printing the line.
-fn spawn_server(
-    mut command: Command,
-    dir: tempfile::TempDir,
-    db: PathBuf,
-    log: &Path,
-) -> Option<Server> {
+fn spawn_server(mut command: Command, dir: tempfile::TempDir, db: PathBuf, log: &Path) -> Option<Server> {
     let log_file = fs::File::create(log).expect("create log file");
-    command
-        .env_remove("DSEVENTS_TOKEN")
-        .env_remove("DSEVENTS_DB")
-        .stdout(Stdio::piped())
-        .stderr(log_file);
+    command.env_remove("DSEVENTS_TOKEN").env_remove("DSEVENTS_DB").stdout(Stdio::piped()).stderr(log_file);
     let mut child = command.spawn().expect("start dsevents serve");
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let Some(address) = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .and_then(|text| text.parse().ok())
-    else {
+    BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+    let Some(address) = line.trim().rsplit("http://").next().and_then(|text| text.parse().ok()) else {
         let _ = child.kill();
         let _ = child.wait();
         return None;
     };
-    Some(Server {
-        child,
-        address,
-        db,
-        dir,
-    })
+    Some(Server { child, address, db, dir })
 }
 
 fn file_size(path: &Path) -> u64 {
-    fs::metadata(path)
-        .map(|metadata| metadata.len())
-        .unwrap_or(0)
+    fs::metadata(path).map(|metadata| metadata.len()).unwrap_or(0)
 }
 
 #[test]
@@ -209,10 +160,7 @@ fn declared_length_over_limit_is_413() {
 #[test]
 fn chunked_body_over_limit_is_413() {
     let server = Server::start(&["--token", TOKEN, "--max-body", "1KiB"]);
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        hook("email-bounced")
-    );
+    let head = format!("POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n", hook("email-bounced"));
 
     // Three chunks of 512 bytes pass the 1 KiB limit in the third.
     let mut bytes = head.clone().into_bytes();
@@ -242,10 +190,7 @@ fn chunked_body_over_limit_is_413() {
     bytes.extend_from_slice(b"0\r\n\r\n");
     let reply = server.send_raw(&bytes);
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let stored: Vec<u8> = server
-        .db()
-        .query_row("SELECT body FROM deliveries", [], |row| row.get(0))
-        .unwrap();
+    let stored: Vec<u8> = server.db().query_row("SELECT body FROM deliveries", [], |row| row.get(0)).unwrap();
     assert_eq!(stored, body.as_bytes());
 
     assert_stores_delivery(&server, &hook("email-bounced"));
@@ -319,45 +264,25 @@ fn slow_clients_do_not_block_deliveries() {
     let mut slowest = Duration::ZERO;
     for index in 0..DELIVERIES {
         let started = Instant::now();
-        let reply = server.post(
-            "/hooks/email-bounced",
-            bounce(&format!("real-{index}")).as_bytes(),
-        );
+        let reply = server.post("/hooks/email-bounced", bounce(&format!("real-{index}")).as_bytes());
         let elapsed = started.elapsed();
         assert_eq!(reply.status, 200, "{}", reply.body);
-        assert!(
-            elapsed < Duration::from_secs(1),
-            "delivery {index} took {elapsed:?}"
-        );
+        assert!(elapsed < Duration::from_secs(1), "delivery {index} took {elapsed:?}");
         slowest = slowest.max(elapsed);
     }
-    eprintln!(
-        "slowest of {DELIVERIES} deliveries beside {} slow connections: {slowest:?}",
-        IDLE + DRIBBLING
-    );
+    eprintln!("slowest of {DELIVERIES} deliveries beside {} slow connections: {slowest:?}", IDLE + DRIBBLING);
 
     // The server closes every slow connection once its timeout passes: the
     // idle ones silently, the dribbling ones with 408.
     let closing_started = Instant::now();
     for stream in &mut idle {
         let rest = read_until_closed(stream);
-        assert!(
-            rest.is_empty(),
-            "idle connection got {}",
-            String::from_utf8_lossy(&rest)
-        );
+        assert!(rest.is_empty(), "idle connection got {}", String::from_utf8_lossy(&rest));
     }
     let timed_out = dribbler.join().expect("dribbler thread");
     assert_eq!(timed_out, DRIBBLING, "dribbling connections that got 408");
-    assert!(
-        closing_started.elapsed() < Duration::from_secs(5),
-        "closing took {:?}",
-        closing_started.elapsed()
-    );
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries"),
-        DELIVERIES as i64
-    );
+    assert!(closing_started.elapsed() < Duration::from_secs(5), "closing took {:?}", closing_started.elapsed());
+    assert_eq!(server.count("SELECT count(*) FROM deliveries"), DELIVERIES as i64);
 
     assert_stores_delivery(&server, "/hooks/email-bounced");
 }
@@ -366,10 +291,7 @@ fn slow_clients_do_not_block_deliveries() {
 fn oversized_head_is_431() {
     let server = Server::start(&[]);
 
-    let long_header = format!(
-        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: {}\r\n\r\n",
-        "a".repeat(20 * 1024)
-    );
+    let long_header = format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: {}\r\n\r\n", "a".repeat(20 * 1024));
     let reply = send_expect_close(&server, long_header.as_bytes());
     assert_eq!(reply.status, 431, "{}", reply.body);
 
@@ -438,35 +360,16 @@ fn ambiguous_framing_is_400_and_closes() {
     let server = Server::start(&["--token", TOKEN]);
     let smuggled = delivery_request(&hook("email-bounced"), "smuggled");
     let cases: [(&str, &str, &[u8]); 5] = [
-        (
-            "Transfer-Encoding and Content-Length",
-            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
-            b"0\r\n\r\n",
-        ),
-        (
-            "non-numeric Content-Length",
-            "Content-Length: 5x\r\n",
-            b"{}   ",
-        ),
+        ("Transfer-Encoding and Content-Length", "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+        ("non-numeric Content-Length", "Content-Length: 5x\r\n", b"{}   "),
         ("negative Content-Length", "Content-Length: -1\r\n", b""),
-        (
-            "two different Content-Lengths",
-            "Content-Length: 2\r\nContent-Length: 7\r\n",
-            b"{}",
-        ),
-        (
-            "a list of different Content-Lengths",
-            "Content-Length: 2, 7\r\n",
-            b"{}",
-        ),
+        ("two different Content-Lengths", "Content-Length: 2\r\nContent-Length: 7\r\n", b"{}"),
+        ("a list of different Content-Lengths", "Content-Length: 2, 7\r\n", b"{}"),
     ];
 
     for (case, headers, body) in cases {
-        let mut bytes = format!(
-            "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n",
-            hook("email-bounced")
-        )
-        .into_bytes();
+        let mut bytes =
+            format!("POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n", hook("email-bounced")).into_bytes();
         bytes.extend_from_slice(body);
         bytes.extend_from_slice(&smuggled);
         let reply = send_expect_close(&server, &bytes);
@@ -475,20 +378,12 @@ fn ambiguous_framing_is_400_and_closes() {
     }
     // httparse accepts LF alone as a line ending, which would end this head
     // at the blank line before the smuggled request.
-    let mut bytes = format!(
-        "POST {} HTTP/1.1\nHost: 127.0.0.1\n\n",
-        hook("email-bounced")
-    )
-    .into_bytes();
+    let mut bytes = format!("POST {} HTTP/1.1\nHost: 127.0.0.1\n\n", hook("email-bounced")).into_bytes();
     bytes.extend_from_slice(&smuggled);
     let reply = send_expect_close(&server, &bytes);
     assert_eq!(reply.status, 400, "LF line endings: {}", reply.body);
 
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries"),
-        0,
-        "a smuggled request was stored"
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries"), 0, "a smuggled request was stored");
 
     assert_stores_delivery(&server, &hook("email-bounced"));
 }
@@ -501,33 +396,21 @@ fn requests_rejected_before_body_close() {
     let mut oversized = smuggled.clone();
     oversized.resize(2048, b' ');
     let cases: [(u16, &str, String, &[u8]); 4] = [
-        (
-            401,
-            "POST",
-            "/hooks/email-bounced?token=wrong".to_string(),
-            &smuggled,
-        ),
+        (401, "POST", "/hooks/email-bounced?token=wrong".to_string(), &smuggled),
         (404, "POST", format!("/nowhere?token={TOKEN}"), &smuggled),
         (405, "PUT", hook("email-bounced"), &smuggled),
         (413, "POST", hook("email-bounced"), &oversized),
     ];
 
     for (status, method, path, body) in cases {
-        let mut bytes = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
+        let mut bytes =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
         bytes.extend_from_slice(body);
         let reply = send_expect_close(&server, &bytes);
         assert_eq!(reply.status, status, "{method} {path}: {}", reply.body);
         assert_eq!(reply.header("Connection"), Some("close"), "{method} {path}");
     }
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries"),
-        0,
-        "a request hidden in a body was stored"
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries"), 0, "a request hidden in a body was stored");
 
     assert_stores_delivery(&server, &hook("email-bounced"));
 }
@@ -543,15 +426,9 @@ fn bad_bodies_kept_with_202() {
         ("email-bounced", b"\"a string\"".to_vec()),
         ("email-bounced", b"null".to_vec()),
         ("email-bounced", Vec::new()),
-        (
-            "email-bounced",
-            br#"{"is_spam_complaint":"maybe"}"#.to_vec(),
-        ),
+        ("email-bounced", br#"{"is_spam_complaint":"maybe"}"#.to_vec()),
         ("email-bounced", br#"{"date":[2026]}"#.to_vec()),
-        (
-            "email-bounced",
-            br#"{"date":-9223372036854775808}"#.to_vec(),
-        ),
+        ("email-bounced", br#"{"date":-9223372036854775808}"#.to_vec()),
         ("lead-created", br#"{"id":"abc","dsid":"c1"}"#.to_vec()),
         ("lead-created", br#"{"id":1e400}"#.to_vec()),
         ("lead-created", br#"{"id":{"nested":true}}"#.to_vec()),
@@ -562,33 +439,16 @@ fn bad_bodies_kept_with_202() {
 
     for (index, (kind, body)) in bodies.iter().enumerate() {
         let reply = server.post(&hook(kind), body);
-        assert_eq!(
-            reply.status, 202,
-            "bad body {index} for {kind}: {}",
-            reply.body
-        );
-        assert!(
-            reply.json()["reason"].is_string(),
-            "bad body {index}: {}",
-            reply.body
-        );
+        assert_eq!(reply.status, 202, "bad body {index} for {kind}: {}", reply.body);
+        assert!(reply.json()["reason"].is_string(), "bad body {index}: {}", reply.body);
         let id = reply.json()["id"].as_i64().expect("id in the response");
-        let kept: Vec<u8> = server
-            .db()
-            .query_row("SELECT body FROM deliveries WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .unwrap();
+        let kept: Vec<u8> =
+            server.db().query_row("SELECT body FROM deliveries WHERE id = ?1", [id], |row| row.get(0)).unwrap();
         assert_eq!(&kept, body, "bad body {index} not kept byte for byte");
     }
-    let quarantined = server.count(
-        "SELECT count(*) FROM deliveries WHERE outcome = 'quarantined' AND error IS NOT NULL",
-    );
+    let quarantined = server.count("SELECT count(*) FROM deliveries WHERE outcome = 'quarantined' AND error IS NOT NULL");
     assert_eq!(quarantined, bodies.len() as i64 - 1);
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE outcome = 'unknown_kind'"),
-        1
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE outcome = 'unknown_kind'"), 1);
 
     assert_stores_delivery(&server, &hook("email-bounced"));
 }
@@ -598,18 +458,14 @@ fn deeply_nested_json_is_kept() {
     let server = Server::start(&[]);
     // 127 levels, the deepest serde_json parses, inside a stored field.
     let nested = format!("{}{}", "[".repeat(126), "]".repeat(126));
-    let body =
-        format!(r#"{{"dsId":"c1","email":"pat@example.com","extendedProperties":{nested}}}"#);
+    let body = format!(r#"{{"dsId":"c1","email":"pat@example.com","extendedProperties":{nested}}}"#);
     let reply = server.post("/hooks/contact-updated", body.as_bytes());
     assert_eq!(reply.status, 200, "{}", reply.body);
     let body = format!(r#"[{nested},{{"dsId":"c1"}}]"#);
     let reply = server.post("/hooks/contact-update-failed", body.as_bytes());
     assert_eq!(reply.status, 200, "{}", reply.body);
     // Deeper than that is kept raw, with the parser's reason.
-    let reply = server.post(
-        "/hooks/contact-updated",
-        "{\"a\":".repeat(100_000).as_bytes(),
-    );
+    let reply = server.post("/hooks/contact-updated", "{\"a\":".repeat(100_000).as_bytes());
     assert_eq!(reply.status, 202, "{}", reply.body);
 
     assert_stores_delivery(&server, "/hooks/email-bounced");
@@ -623,35 +479,19 @@ fn lone_surrogate_is_replaced_and_raw_kept() {
     assert_eq!(reply.status, 200, "{}", reply.body);
 
     let db = server.db();
-    let message: String = db
-        .query_row("SELECT message FROM text_replies", [], |row| row.get(0))
-        .unwrap();
-    assert_eq!(
-        message,
-        "half an emoji \u{FFFD} here, a low half \u{FFFD}, a pair \u{1F600}"
-    );
-    let raw: Vec<u8> = db
-        .query_row("SELECT body FROM deliveries", [], |row| row.get(0))
-        .unwrap();
+    let message: String = db.query_row("SELECT message FROM text_replies", [], |row| row.get(0)).unwrap();
+    assert_eq!(message, "half an emoji \u{FFFD} here, a low half \u{FFFD}, a pair \u{1F600}");
+    let raw: Vec<u8> = db.query_row("SELECT body FROM deliveries", [], |row| row.get(0)).unwrap();
     assert_eq!(raw, body.to_vec());
 
     // Bytes that are not UTF-8 inside a string are replaced the same way.
     let body = b"{\"dsid\":\"c2\",\"mobile\":\"+15550101\",\"message\":\"caf\xe9\"}";
     let reply = server.post("/hooks/text-reply", body);
     assert_eq!(reply.status, 200, "{}", reply.body);
-    let message: String = db
-        .query_row(
-            "SELECT message FROM text_replies WHERE dsid = 'c2'",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let message: String =
+        db.query_row("SELECT message FROM text_replies WHERE dsid = 'c2'", [], |row| row.get(0)).unwrap();
     assert_eq!(message, "caf\u{FFFD}");
-    let raw: Vec<u8> = db
-        .query_row("SELECT body FROM deliveries WHERE dsid = 'c2'", [], |row| {
-            row.get(0)
-        })
-        .unwrap();
+    let raw: Vec<u8> = db.query_row("SELECT body FROM deliveries WHERE dsid = 'c2'", [], |row| row.get(0)).unwrap();
     assert_eq!(raw, body.to_vec());
 
     assert_stores_delivery(&server, "/hooks/email-bounced");
@@ -673,25 +513,14 @@ fn retried_bodies_are_kept_and_marked() {
         assert_eq!(first.status, 200, "{}", first.body);
         let second = server.post(path, body);
         assert_eq!(second.status, 200, "{}", second.body);
-        assert_eq!(
-            second.json()["duplicate_of"],
-            first.json()["id"],
-            "{path}: {}",
-            second.body
-        );
+        assert_eq!(second.json()["duplicate_of"], first.json()["id"], "{path}: {}", second.body);
     }
 
     assert_eq!(server.count("SELECT count(*) FROM deliveries"), 6);
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE duplicate_of IS NOT NULL"),
-        3
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE duplicate_of IS NOT NULL"), 3);
     assert_eq!(server.count("SELECT count(*) FROM email_opt_outs"), 2);
     assert_eq!(server.count("SELECT count(*) FROM opt_outs"), 1);
-    assert_eq!(
-        server.count("SELECT count(*) FROM current_consent WHERE consent = 'opted-out'"),
-        1
-    );
+    assert_eq!(server.count("SELECT count(*) FROM current_consent WHERE consent = 'opted-out'"), 1);
     assert_eq!(server.count("SELECT count(*) FROM email_bounces"), 2);
     assert_eq!(
         server.count(
@@ -715,42 +544,24 @@ fn opt_out_after_opt_in_not_duplicate() {
     assert_eq!(first.status, 200, "{}", first.body);
     let opt_in = server.post("/hooks/email-opt-in", body);
     assert_eq!(opt_in.status, 200, "{}", opt_in.body);
-    assert!(
-        opt_in.json().get("duplicate_of").is_none(),
-        "{}",
-        opt_in.body
-    );
+    assert!(opt_in.json().get("duplicate_of").is_none(), "{}", opt_in.body);
     let again = server.post("/hooks/email-opt-out", body);
     assert_eq!(again.status, 200, "{}", again.body);
-    assert!(
-        again.json().get("duplicate_of").is_none(),
-        "opt-out after opt-in marked as a retry: {}",
-        again.body
-    );
+    assert!(again.json().get("duplicate_of").is_none(), "opt-out after opt-in marked as a retry: {}", again.body);
 
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE duplicate_of IS NOT NULL"),
-        0
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE duplicate_of IS NOT NULL"), 0);
     assert_eq!(server.count("SELECT count(*) FROM opt_outs"), 2);
     let consent: String = server
         .db()
-        .query_row(
-            "SELECT consent FROM current_consent WHERE dsid = 'contact-b' AND channel = 'email'",
-            [],
-            |row| row.get(0),
-        )
+        .query_row("SELECT consent FROM current_consent WHERE dsid = 'contact-b' AND channel = 'email'", [], |row| {
+            row.get(0)
+        })
         .unwrap();
     assert_eq!(consent, "opted-out");
 
     // A retry of the last opt-out is still a duplicate.
     let retry = server.post("/hooks/email-opt-out", body);
-    assert_eq!(
-        retry.json()["duplicate_of"],
-        again.json()["id"],
-        "{}",
-        retry.body
-    );
+    assert_eq!(retry.json()["duplicate_of"], again.json()["id"], "{}", retry.body);
 
     assert_stores_delivery(&server, "/hooks/email-bounced");
 }
@@ -763,10 +574,7 @@ fn duplicate_window_zero_marks_nothing() {
         let reply = server.post("/hooks/email-bounced", body.as_bytes());
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE duplicate_of IS NOT NULL"),
-        0
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE duplicate_of IS NOT NULL"), 0);
 }
 
 #[test]
@@ -776,10 +584,7 @@ fn token_never_logged_or_echoed() {
     let log = dir.path().join("serve.log");
     let wrong = "wrong-guess-5d81e0";
     let mut command = Command::new(BIN);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--token", TOKEN, "--db"])
-        .arg(&db)
-        .env("RUST_LOG", "debug");
+    command.args(["serve", "--listen", "127.0.0.1:0", "--token", TOKEN, "--db"]).arg(&db).env("RUST_LOG", "debug");
     let mut server = spawn_server(command, dir, db, &log).expect("serve started");
 
     let mut replies = vec![
@@ -794,55 +599,24 @@ fn token_never_logged_or_echoed() {
             &[("Authorization", &format!("Bearer {TOKEN}"))],
             bounce("logged-2").as_bytes(),
         ),
-        server.request(
-            "POST",
-            "/hooks/email-bounced",
-            &[("Authorization", &format!("Bearer {wrong}"))],
-            b"{}",
-        ),
+        server.request("POST", "/hooks/email-bounced", &[("Authorization", &format!("Bearer {wrong}"))], b"{}"),
     ];
-    replies.push(
-        server.send_raw(
-            format!("POST {} HTTP/1.1\r\nContent-Length: x\r\n\r\n", hook("a")).as_bytes(),
-        ),
-    );
+    replies.push(server.send_raw(format!("POST {} HTTP/1.1\r\nContent-Length: x\r\n\r\n", hook("a")).as_bytes()));
     let statuses: Vec<u16> = replies.iter().map(|reply| reply.status).collect();
     assert_eq!(statuses, [200, 202, 401, 404, 405, 200, 401, 400]);
     for reply in &replies {
-        assert!(
-            !reply.body.contains(TOKEN),
-            "token in a response: {}",
-            reply.body
-        );
-        assert!(
-            !reply.body.contains(wrong),
-            "guessed token in a response: {}",
-            reply.body
-        );
-        assert!(
-            reply
-                .headers
-                .iter()
-                .all(|(_, value)| !value.contains(TOKEN)),
-            "secret in headers: {reply:?}"
-        );
+        assert!(!reply.body.contains(TOKEN), "token in a response: {}", reply.body);
+        assert!(!reply.body.contains(wrong), "guessed token in a response: {}", reply.body);
+        assert!(reply.headers.iter().all(|(_, value)| !value.contains(TOKEN)), "secret in headers: {reply:?}");
     }
 
     server.signal("TERM");
-    let status = server
-        .wait_exit(Duration::from_secs(10))
-        .expect("serve exits after SIGTERM");
+    let status = server.wait_exit(Duration::from_secs(10)).expect("serve exits after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     let logged = fs::read_to_string(&log).unwrap();
-    assert!(
-        logged.contains("path=/hooks/email-bounced status=200"),
-        "debug request log missing:\n{logged}"
-    );
+    assert!(logged.contains("path=/hooks/email-bounced status=200"), "debug request log missing:\n{logged}");
     assert!(!logged.contains(TOKEN), "token in the log:\n{logged}");
-    assert!(
-        !logged.contains(wrong),
-        "guessed token in the log:\n{logged}"
-    );
+    assert!(!logged.contains(wrong), "guessed token in the log:\n{logged}");
 }
 
 #[test]
@@ -853,12 +627,7 @@ fn non_loopback_without_token_fails() {
     let db_text = db.to_str().unwrap();
     let args = ["serve", "--listen", "0.0.0.0:0", "--db", db_text];
     let output = common::run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{}",
-        common::describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(2), "{}", common::describe(&args, &output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--token"), "{stderr}");
     assert!(stderr.contains("--allow-unauthenticated"), "{stderr}");
@@ -868,10 +637,7 @@ fn non_loopback_without_token_fails() {
 #[test]
 fn allow_from_rejects_other_sources() {
     let server = Server::start(&["--allow-from", "10.0.0.0/8"]);
-    let reply = send_expect_close(
-        &server,
-        &delivery_request("/hooks/email-bounced", "from-outside"),
-    );
+    let reply = send_expect_close(&server, &delivery_request("/hooks/email-bounced", "from-outside"));
     assert_eq!(reply.status, 403, "{}", reply.body);
     let reply = server.request("GET", "/healthz", &[], b"");
     assert_eq!(reply.status, 403, "{}", reply.body);
@@ -895,26 +661,14 @@ fn start_on_small_tmpfs(size: &str, log: &Path) -> Option<Server> {
     command
         .args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(r#"mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@""#)
-        .args([
-            "sh",
-            size,
-            &mount_point,
-            BIN,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-        ])
+        .args(["sh", size, &mount_point, BIN, "serve", "--listen", "127.0.0.1:0", "--db"])
         .arg(format!("{mount_point}/events.db"))
         .env("RUST_LOG", "info");
     // The tmpfs is visible only inside the server's namespace; the test
     // reaches it through the process's root in /proc.
     let placeholder = PathBuf::new();
     let mut server = spawn_server(command, dir, placeholder, log)?;
-    server.db = PathBuf::from(format!(
-        "/proc/{}/root{mount_point}/events.db",
-        server.pid()
-    ));
+    server.db = PathBuf::from(format!("/proc/{}/root{mount_point}/events.db", server.pid()));
     Some(server)
 }
 
@@ -936,11 +690,7 @@ fn snapshot(server: &Server) -> (tempfile::TempDir, rusqlite::Connection) {
 
 fn bounces_with_message_id(connection: &rusqlite::Connection, message_id: &str) -> i64 {
     connection
-        .query_row(
-            "SELECT count(*) FROM email_bounces WHERE message_id = ?1",
-            [message_id],
-            |row| row.get(0),
-        )
+        .query_row("SELECT count(*) FROM email_bounces WHERE message_id = ?1", [message_id], |row| row.get(0))
         .expect("count bounces")
 }
 
@@ -965,11 +715,7 @@ fn full_disk_is_503_and_recovers() {
     let mut filled = false;
     for _ in 0..(4 * 1024 / 64 + 16) {
         if let Err(error) = file.write_all(&block).and_then(|()| file.sync_all()) {
-            assert_eq!(
-                error.raw_os_error(),
-                Some(28),
-                "expected ENOSPC, got {error}"
-            );
+            assert_eq!(error.raw_os_error(), Some(28), "expected ENOSPC, got {error}");
             filled = true;
             break;
         }
@@ -990,71 +736,31 @@ fn full_disk_is_503_and_recovers() {
     }
     let (rejected_id, rejected) = rejected.expect("no delivery on a full disk got 503");
     assert!(rejected.header("Retry-After").is_some(), "{rejected:?}");
-    assert_eq!(
-        rejected.body.trim_end().lines().count(),
-        1,
-        "{}",
-        rejected.body
-    );
-    assert!(
-        rejected.json()["error"].as_str().unwrap().contains("full"),
-        "{}",
-        rejected.body
-    );
+    assert_eq!(rejected.body.trim_end().lines().count(), 1, "{}", rejected.body);
+    assert!(rejected.json()["error"].as_str().unwrap().contains("full"), "{}", rejected.body);
     let bad = server.post("/hooks/email-bounced", b"not json");
-    assert_eq!(
-        bad.status, 503,
-        "a bad body cannot be kept on a full disk either: {}",
-        bad.body
-    );
+    assert_eq!(bad.status, 503, "a bad body cannot be kept on a full disk either: {}", bad.body);
     let logged = fs::read_to_string(&log).unwrap();
-    assert!(
-        logged.contains("not stored"),
-        "failure not logged:\n{logged}"
-    );
-    assert!(
-        logged.contains("database or disk is full"),
-        "cause not logged:\n{logged}"
-    );
-    assert_eq!(
-        logged.matches("not stored").count(),
-        1,
-        "each failure logged again:\n{logged}"
-    );
+    assert!(logged.contains("not stored"), "failure not logged:\n{logged}");
+    assert!(logged.contains("database or disk is full"), "cause not logged:\n{logged}");
+    assert_eq!(logged.matches("not stored").count(), 1, "each failure logged again:\n{logged}");
     let health = server.request("GET", "/healthz", &[], b"");
-    assert_eq!(
-        health.status, 503,
-        "health shows the failing store: {}",
-        health.body
-    );
+    assert_eq!(health.status, 503, "health shows the failing store: {}", health.body);
     assert!(health.body.contains("full"), "{}", health.body);
 
     // Space returns: the same process stores deliveries again.
     fs::remove_file(&ballast).expect("remove ballast");
-    let reply = server.post(
-        "/hooks/email-bounced",
-        bounce("after-space-returned").as_bytes(),
-    );
+    let reply = server.post("/hooks/email-bounced", bounce("after-space-returned").as_bytes());
     assert_eq!(reply.status, 200, "{}", reply.body);
     let reply = server.request("GET", "/healthz", &[], b"");
     assert_eq!(reply.status, 200, "{}", reply.body);
     let logged = fs::read_to_string(&log).unwrap();
-    assert!(
-        logged.contains("writes succeed again after 2 deliveries got a 503 response"),
-        "{logged}"
-    );
+    assert!(logged.contains("writes succeed again after 2 deliveries got a 503 response"), "{logged}");
 
     let (_copy, connection) = snapshot(&server);
     assert_eq!(bounces_with_message_id(&connection, "before-full"), 1);
-    assert_eq!(
-        bounces_with_message_id(&connection, "after-space-returned"),
-        1
-    );
-    assert_eq!(
-        bounces_with_message_id(&connection, &rejected_id),
-        0,
-        "a delivery that got 503 was stored"
-    );
+    assert_eq!(bounces_with_message_id(&connection, "after-space-returned"), 1);
+    assert_eq!(bounces_with_message_id(&connection, &rejected_id), 0, "a delivery that got 503 was stored");
 }
 
 #[test]
@@ -1072,10 +778,7 @@ fn held_write_lock_is_503_then_recovers() {
         .map(|index| {
             let server = Arc::clone(&server);
             let post = thread::spawn(move || {
-                let reply = server.post(
-                    "/hooks/email-bounced",
-                    bounce(&format!("locked-{index}")).as_bytes(),
-                );
+                let reply = server.post("/hooks/email-bounced", bounce(&format!("locked-{index}")).as_bytes());
                 (reply, started.elapsed())
             });
             if index == 0 {
@@ -1088,17 +791,10 @@ fn held_write_lock_is_503_then_recovers() {
         let (reply, elapsed) = post.join().expect("post thread");
         assert_eq!(reply.status, 503, "{}", reply.body);
         assert!(reply.header("Retry-After").is_some(), "{reply:?}");
-        assert!(
-            reply.json()["error"].as_str().unwrap().contains("locked"),
-            "{}",
-            reply.body
-        );
+        assert!(reply.json()["error"].as_str().unwrap().contains("locked"), "{}", reply.body);
         // Two busy timeouts at most: a failed batch is not retried one
         // delivery at a time, each waiting 5 s again.
-        assert!(
-            elapsed < Duration::from_secs(12),
-            "503 only after {elapsed:?}"
-        );
+        assert!(elapsed < Duration::from_secs(12), "503 only after {elapsed:?}");
     }
 
     blocker.execute_batch("COMMIT").unwrap();
@@ -1166,44 +862,25 @@ fn long_reader_keeps_ingest_and_wal_bounded() {
     // A reader such as sqlite3 keeps a read transaction open during load.
     let reader = server.db();
     reader.execute_batch("BEGIN").unwrap();
-    let seen_before: i64 = reader
-        .query_row("SELECT count(*) FROM deliveries", [], |row| row.get(0))
-        .unwrap();
+    let seen_before: i64 = reader.query_row("SELECT count(*) FROM deliveries", [], |row| row.get(0)).unwrap();
     post_round(1);
-    assert_eq!(
-        failures.load(Ordering::SeqCst),
-        0,
-        "deliveries failed beside a reader"
-    );
-    let seen_during: i64 = reader
-        .query_row("SELECT count(*) FROM deliveries", [], |row| row.get(0))
-        .unwrap();
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "deliveries failed beside a reader");
+    let seen_during: i64 = reader.query_row("SELECT count(*) FROM deliveries", [], |row| row.get(0)).unwrap();
     assert_eq!(seen_during, seen_before, "the reader's snapshot changed");
     let wal_with_reader = file_size(&wal);
     reader.execute_batch("COMMIT").unwrap();
     // The reader kept checkpoints from resetting the WAL, so it grew past
     // the journal size limit that serve sets.
-    assert!(
-        wal_with_reader > JOURNAL_SIZE_LIMIT,
-        "WAL only {wal_with_reader} bytes; the load is too small to test"
-    );
+    assert!(wal_with_reader > JOURNAL_SIZE_LIMIT, "WAL only {wal_with_reader} bytes; the load is too small to test");
 
     // Once the reader is gone, a checkpoint completes, the WAL starts over
     // and is truncated to the limit; the same load again keeps it there.
     post_round(2);
     assert_eq!(failures.load(Ordering::SeqCst), 0);
     let wal_after = file_size(&wal);
-    eprintln!(
-        "WAL bytes: {wal_with_reader} with the reader, {wal_after} after a second round without it"
-    );
-    assert!(
-        wal_after <= JOURNAL_SIZE_LIMIT,
-        "WAL still {wal_after} bytes after the reader ended (was {wal_with_reader})"
-    );
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries"),
-        (2 * CLIENTS * PER_CLIENT) as i64
-    );
+    eprintln!("WAL bytes: {wal_with_reader} with the reader, {wal_after} after a second round without it");
+    assert!(wal_after <= JOURNAL_SIZE_LIMIT, "WAL still {wal_after} bytes after the reader ended (was {wal_with_reader})");
+    assert_eq!(server.count("SELECT count(*) FROM deliveries"), (2 * CLIENTS * PER_CLIENT) as i64);
 
     assert_stores_delivery(&server, "/hooks/email-bounced");
 }
@@ -1215,22 +892,14 @@ fn check_graceful_shutdown(signal: &str) {
 
     // An idle kept-alive connection must not hold the shutdown back.
     let mut idle = server.connect();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
     assert_eq!(read_reply(&mut idle).unwrap().status, 200);
 
-    let bodies: Vec<String> = (0..3)
-        .map(|index| bounce(&format!("in-flight-{signal}-{index}")))
-        .collect();
-    let mut uploads: Vec<(TcpStream, Vec<u8>)> = bodies
-        .iter()
-        .map(|body| start_upload(&server, body.as_bytes()))
-        .collect();
+    let bodies: Vec<String> = (0..3).map(|index| bounce(&format!("in-flight-{signal}-{index}"))).collect();
+    let mut uploads: Vec<(TcpStream, Vec<u8>)> = bodies.iter().map(|body| start_upload(&server, body.as_bytes())).collect();
 
     server.signal(signal);
-    let refused = wait_for(Duration::from_secs(5), || {
-        TcpStream::connect(server.address).is_err()
-    });
+    let refused = wait_for(Duration::from_secs(5), || TcpStream::connect(server.address).is_err());
     assert!(refused, "new connections still accepted after SIG{signal}");
 
     for (stream, rest) in &mut uploads {
@@ -1240,29 +909,16 @@ fn check_graceful_shutdown(signal: &str) {
         assert_eq!(reply.header("Connection"), Some("close"));
     }
     let finished = Instant::now();
-    let status = server
-        .wait_exit(Duration::from_secs(10))
-        .expect("serve exits after the uploads finish");
+    let status = server.wait_exit(Duration::from_secs(10)).expect("serve exits after the uploads finish");
     assert!(status.success(), "exit status {status:?}");
-    eprintln!(
-        "SIG{signal}: exited {:?} after the last upload finished",
-        finished.elapsed()
-    );
+    eprintln!("SIG{signal}: exited {:?} after the last upload finished", finished.elapsed());
     assert!(read_until_closed(&mut idle).is_empty());
 
     let db = server.db();
     for (index, body) in bodies.iter().enumerate() {
-        let stored: i64 = db
-            .query_row(
-                "SELECT count(*) FROM deliveries WHERE body = ?1",
-                [body.as_bytes()],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert_eq!(
-            stored, 1,
-            "upload {index} in flight at SIG{signal} not stored"
-        );
+        let stored: i64 =
+            db.query_row("SELECT count(*) FROM deliveries WHERE body = ?1", [body.as_bytes()], |row| row.get(0)).unwrap();
+        assert_eq!(stored, 1, "upload {index} in flight at SIG{signal} not stored");
     }
     drop(db);
     // The WAL was checkpointed into the database file and truncated.
@@ -1286,25 +942,15 @@ fn second_signal_exits_at_once() {
     let (_stream, _rest) = start_upload(&server, body.as_bytes());
 
     server.signal("TERM");
-    let refused = wait_for(Duration::from_secs(5), || {
-        TcpStream::connect(server.address).is_err()
-    });
+    let refused = wait_for(Duration::from_secs(5), || TcpStream::connect(server.address).is_err());
     assert!(refused, "new connections still accepted after SIGTERM");
     // The upload in flight would hold a graceful stop; a second signal ends it.
-    assert!(
-        server.child.try_wait().unwrap().is_none(),
-        "serve exited before its upload finished"
-    );
+    assert!(server.child.try_wait().unwrap().is_none(), "serve exited before its upload finished");
     let sent = Instant::now();
     server.signal("INT");
-    let status = server
-        .wait_exit(Duration::from_secs(2))
-        .expect("serve exits at once on a second signal");
+    let status = server.wait_exit(Duration::from_secs(2)).expect("serve exits at once on a second signal");
     assert!(!status.success(), "exit status {status:?}");
-    eprintln!(
-        "second signal: exited {:?} after it, status {status:?}",
-        sent.elapsed()
-    );
+    eprintln!("second signal: exited {:?} after it, status {status:?}", sent.elapsed());
 }
 
 #[test]
@@ -1313,11 +959,7 @@ fn half_closed_uploads_store_nothing() {
     // A head and part of a body, then the client shuts its side.
     for _ in 0..20 {
         let mut stream = server.connect();
-        stream
-            .write_all(
-                b"POST /hooks/email-bounced HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"dsid\":",
-            )
-            .unwrap();
+        stream.write_all(b"POST /hooks/email-bounced HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"dsid\":").unwrap();
         stream.shutdown(Shutdown::Write).unwrap();
         assert!(read_until_closed(&mut stream).is_empty());
     }

@@ -10,8 +10,7 @@ use common::Server;
 
 fn repo_file(relative: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
 }
 
 /// Returns the value of `key=` in `section` of a unit file.
@@ -22,10 +21,7 @@ fn unit_value<'a>(unit: &'a str, section: &str, key: &str) -> Vec<&'a str> {
         if line.starts_with('[') {
             current = line;
         } else if current == section {
-            if let Some(value) = line
-                .strip_prefix(key)
-                .and_then(|rest| rest.strip_prefix('='))
-            {
+            if let Some(value) = line.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')) {
                 values.push(value);
             }
         }
@@ -51,18 +47,11 @@ fn systemd_unit_is_hardened() {
     ] {
         assert_eq!(unit_value(&unit, service, key), vec![expected], "{key}");
     }
-    assert_eq!(
-        unit_value(&unit, "[Install]", "WantedBy"),
-        vec!["multi-user.target"]
-    );
+    assert_eq!(unit_value(&unit, "[Install]", "WantedBy"), vec!["multi-user.target"]);
 
     // systemd-analyze checks every directive name and value where it exists;
     // the binary path is absent on a build machine, so that one is expected.
-    if let Ok(output) = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dsevents.service"))
-        .output()
-    {
+    if let Ok(output) = Command::new("systemd-analyze").arg("verify").arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dsevents.service")).output() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         for line in stderr.lines() {
             let expected = line.contains("is not executable") || line.contains("man dsevents(1)");
@@ -95,10 +84,7 @@ fn litestream_replica_restores_every_acknowledged_delivery() {
     let config = repo_file("scripts/litestream.yml")
         .replace("/var/lib/dsevents/dsevents.db", server.db.to_str().unwrap())
         .replace("/var/backups/dsevents", replica.to_str().unwrap());
-    assert!(
-        config.contains(server.db.to_str().unwrap()),
-        "the recipe names the database path of the unit"
-    );
+    assert!(config.contains(server.db.to_str().unwrap()), "the recipe names the database path of the unit");
     std::fs::write(&config_path, config).unwrap();
 
     let _replicate = Killed(
@@ -113,9 +99,7 @@ fn litestream_replica_restores_every_acknowledged_delivery() {
 
     let mut acknowledged = Vec::new();
     for index in 0..200 {
-        let body = format!(
-            r#"{{"dsid":"d{index}","email":"user{index}@example.com","reason":"Permanent"}}"#
-        );
+        let body = format!(r#"{{"dsid":"d{index}","email":"user{index}@example.com","reason":"Permanent"}}"#);
         let reply = server.post("/hooks/email-bounced", body.as_bytes());
         assert_eq!(reply.status, 200, "{}", reply.body);
         acknowledged.push(reply.json()["id"].as_i64().unwrap());
@@ -154,16 +138,9 @@ fn litestream_replica_restores_every_acknowledged_delivery() {
         }
         found.len() >= acknowledged.len()
     });
-    assert!(
-        complete,
-        "restored copy has {} of {} deliveries",
-        found.len(),
-        acknowledged.len()
-    );
+    assert!(complete, "restored copy has {} of {} deliveries", found.len(), acknowledged.len());
     assert_eq!(found, acknowledged);
     let copy = rusqlite::Connection::open(&restored).unwrap();
-    let check: String = copy
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap();
+    let check: String = copy.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(check, "ok");
 }

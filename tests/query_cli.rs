@@ -51,9 +51,7 @@ impl Fixture {
                 Some("application/json".into()),
                 received_at.to_string(),
             );
-            receipts.push(
-                store::insert_delivery(&tx, &delivery, &mut recent).expect("insert a delivery"),
-            );
+            receipts.push(store::insert_delivery(&tx, &delivery, &mut recent).expect("insert a delivery"));
         }
         tx.commit().expect("commit");
         receipts
@@ -139,21 +137,9 @@ fn bounce(dsid: &str, email: &str, reason: &str, spam: bool) -> String {
 #[test]
 fn opt_outs_list_every_channel_newest_first() {
     let fixture = Fixture::new();
-    let email = fixture.deliver(
-        "email-opt-out",
-        &json!({"dsid": ADA, "email": "ada@example.com"}).to_string(),
-        "2026-03-01T10:00:00.000Z",
-    );
-    let sms = fixture.deliver(
-        "sms-opt-out",
-        &json!({"dsid": BOB, "mobile": "+15550100"}).to_string(),
-        "2026-03-02T10:00:00.000Z",
-    );
-    let phone = fixture.deliver(
-        "phone-opt-out",
-        &json!({"dsid": CY}).to_string(),
-        "2026-03-03T10:00:00.000Z",
-    );
+    let email = fixture.deliver("email-opt-out", &json!({"dsid": ADA, "email": "ada@example.com"}).to_string(), "2026-03-01T10:00:00.000Z");
+    let sms = fixture.deliver("sms-opt-out", &json!({"dsid": BOB, "mobile": "+15550100"}).to_string(), "2026-03-02T10:00:00.000Z");
+    let phone = fixture.deliver("phone-opt-out", &json!({"dsid": CY}).to_string(), "2026-03-03T10:00:00.000Z");
 
     let rows = fixture.query_json(&["opt-outs"]);
 
@@ -170,65 +156,28 @@ fn opt_outs_list_every_channel_newest_first() {
 #[test]
 fn opt_outs_filter_by_channel_and_dsid() {
     let fixture = Fixture::new();
-    fixture.deliver(
-        "email-opt-out",
-        &json!({"dsid": ADA, "email": "ada@example.com"}).to_string(),
-        "2026-03-01T10:00:00.000Z",
-    );
-    fixture.deliver(
-        "sms-opt-out",
-        &json!({"dsid": ADA, "mobile": "+15550100"}).to_string(),
-        "2026-03-01T11:00:00.000Z",
-    );
-    fixture.deliver(
-        "email-opt-out",
-        &json!({"dsid": BOB, "email": "bob@example.com"}).to_string(),
-        "2026-03-01T12:00:00.000Z",
-    );
+    fixture.deliver("email-opt-out", &json!({"dsid": ADA, "email": "ada@example.com"}).to_string(), "2026-03-01T10:00:00.000Z");
+    fixture.deliver("sms-opt-out", &json!({"dsid": ADA, "mobile": "+15550100"}).to_string(), "2026-03-01T11:00:00.000Z");
+    fixture.deliver("email-opt-out", &json!({"dsid": BOB, "email": "bob@example.com"}).to_string(), "2026-03-01T12:00:00.000Z");
 
     let email_rows = fixture.query_json(&["opt-outs", "--channel", "email"]);
-    assert_eq!(
-        column(&email_rows, "address"),
-        [&json!("bob@example.com"), &json!("ada@example.com")]
-    );
+    assert_eq!(column(&email_rows, "address"), [&json!("bob@example.com"), &json!("ada@example.com")]);
 
     let ada_rows = fixture.query_json(&["opt-outs", "--dsid", ADA]);
-    assert_eq!(
-        column(&ada_rows, "channel"),
-        [&json!("sms"), &json!("email")]
-    );
+    assert_eq!(column(&ada_rows, "channel"), [&json!("sms"), &json!("email")]);
 
     let ada_email_rows = fixture.query_json(&["opt-outs", "--dsid", ADA, "--channel", "email"]);
-    assert_eq!(
-        column(&ada_email_rows, "address"),
-        [&json!("ada@example.com")]
-    );
+    assert_eq!(column(&ada_email_rows, "address"), [&json!("ada@example.com")]);
 }
 
 #[test]
 fn current_opt_outs_skip_opted_in() {
     let fixture = Fixture::new();
-    fixture.deliver(
-        "email-opt-out",
-        &json!({"dsid": ADA, "email": "ada@example.com"}).to_string(),
-        "2026-03-01T10:00:00.000Z",
-    );
-    fixture.deliver(
-        "email-opt-in",
-        &json!({"dsid": ADA, "email": "ada@example.com"}).to_string(),
-        "2026-03-02T10:00:00.000Z",
-    );
-    let bob = fixture.deliver(
-        "email-opt-out",
-        &json!({"dsid": BOB, "email": "bob@example.com"}).to_string(),
-        "2026-03-01T12:00:00.000Z",
-    );
+    fixture.deliver("email-opt-out", &json!({"dsid": ADA, "email": "ada@example.com"}).to_string(), "2026-03-01T10:00:00.000Z");
+    fixture.deliver("email-opt-in", &json!({"dsid": ADA, "email": "ada@example.com"}).to_string(), "2026-03-02T10:00:00.000Z");
+    let bob = fixture.deliver("email-opt-out", &json!({"dsid": BOB, "email": "bob@example.com"}).to_string(), "2026-03-01T12:00:00.000Z");
     // An opt-in on another channel does not cancel an email opt-out.
-    fixture.deliver(
-        "sms-opt-in",
-        &json!({"dsid": BOB, "mobile": "+15550100"}).to_string(),
-        "2026-03-03T10:00:00.000Z",
-    );
+    fixture.deliver("sms-opt-in", &json!({"dsid": BOB, "mobile": "+15550100"}).to_string(), "2026-03-03T10:00:00.000Z");
 
     let every_opt_out = fixture.query_json(&["opt-outs"]);
     assert_eq!(column(&every_opt_out, "dsid"), [&json!(BOB), &json!(ADA)]);
@@ -246,8 +195,7 @@ fn current_opt_outs_skip_opted_in() {
     );
 
     // Ada's opt-out is inside the window but her later opt-in still counts.
-    let current_in_window =
-        fixture.query_json(&["opt-outs", "--current", "--until", "2026-03-01T23:00:00Z"]);
+    let current_in_window = fixture.query_json(&["opt-outs", "--current", "--until", "2026-03-01T23:00:00Z"]);
     assert_eq!(column(&current_in_window, "dsid"), [&json!(BOB)]);
 }
 
@@ -287,16 +235,8 @@ fn current_opt_outs_match_the_view() {
         // opt-out; the retry is not a change of its own.
         ("email-opt-out", &carol, "2026-03-01T14:00:00.000Z"),
         ("email-opt-out", &carol, "2026-03-01T14:00:30.000Z"),
-        (
-            "phone-opt-out",
-            &json!({"dsid": BOB}).to_string(),
-            "2026-03-01T15:00:00.000Z",
-        ),
-        (
-            "phone-opt-in",
-            &json!({"dsid": BOB}).to_string(),
-            "2026-03-01T15:30:00.000Z",
-        ),
+        ("phone-opt-out", &json!({"dsid": BOB}).to_string(), "2026-03-01T15:00:00.000Z"),
+        ("phone-opt-in", &json!({"dsid": BOB}).to_string(), "2026-03-01T15:30:00.000Z"),
         ("sms-opt-out", &sms(BOB), "2026-03-02T09:00:00.000Z"),
         ("sms-opt-in", &sms(ADA), "2026-03-02T09:00:00.000Z"),
     ]);
@@ -319,29 +259,16 @@ fn current_opt_outs_match_the_view() {
                 }))
             })
             .expect("query the view");
-        rows.collect::<rusqlite::Result<_>>()
-            .expect("read the view")
+        rows.collect::<rusqlite::Result<_>>().expect("read the view")
     };
 
     let all = fixture.query_json(&["opt-outs", "--current"]);
     assert_eq!(all, view_rows(""));
-    assert_eq!(
-        column(&all, "dsid"),
-        [&json!(BOB), &Value::Null, &json!(ADA)]
-    );
-    assert_eq!(
-        column(&all, "channel"),
-        [&json!("sms"), &json!("email"), &json!("email")]
-    );
+    assert_eq!(column(&all, "dsid"), [&json!(BOB), &Value::Null, &json!(ADA)]);
+    assert_eq!(column(&all, "channel"), [&json!("sms"), &json!("email"), &json!("email")]);
     assert_eq!(all[1]["changed_at"], json!("2026-03-01T14:00:00.000Z"));
-    assert_eq!(
-        fixture.query_json(&["opt-outs", "--current", "--channel", "email"]),
-        view_rows("AND channel = 'email'")
-    );
-    assert_eq!(
-        fixture.query_json(&["opt-outs", "--current", "--dsid", ADA]),
-        view_rows(&format!("AND dsid = '{ADA}'"))
-    );
+    assert_eq!(fixture.query_json(&["opt-outs", "--current", "--channel", "email"]), view_rows("AND channel = 'email'"));
+    assert_eq!(fixture.query_json(&["opt-outs", "--current", "--dsid", ADA]), view_rows(&format!("AND dsid = '{ADA}'")));
     assert_eq!(
         fixture.query_json(&["opt-outs", "--current", "--since", "2026-03-01T13:30:00Z"]),
         view_rows("AND changed_at >= '2026-03-01T13:30:00.000Z'")
@@ -354,11 +281,7 @@ fn bounces_count_a_retried_delivery_once() {
     let body = bounce(ADA, "ada@example.com", "Mailbox full", false);
     let first = fixture.deliver("email-bounced", &body, "2026-03-01T10:00:00.000Z");
     let retry = fixture.deliver("email-bounced", &body, "2026-03-01T10:00:05.000Z");
-    assert_eq!(
-        retry.duplicate_of,
-        Some(first.id),
-        "the second copy is a duplicate"
-    );
+    assert_eq!(retry.duplicate_of, Some(first.id), "the second copy is a duplicate");
 
     let rows = fixture.query_json(&["bounces"]);
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -367,10 +290,7 @@ fn bounces_count_a_retried_delivery_once() {
     // The raw deliveries still show both copies.
     let events = fixture.query_json(&["events"]);
     assert_eq!(column(&events, "id"), [&json!(retry.id), &json!(first.id)]);
-    assert_eq!(
-        column(&events, "duplicate_of"),
-        [&json!(first.id), &Value::Null]
-    );
+    assert_eq!(column(&events, "duplicate_of"), [&json!(first.id), &Value::Null]);
 }
 
 #[test]
@@ -378,21 +298,11 @@ fn bounces_json_uses_json_types() {
     let fixture = Fixture::new();
     let receipt = fixture.deliver(
         "email-bounced",
-        &bounce(
-            ADA,
-            "ada@example.com",
-            "Permanent Delivery Failure - Address not deliverable",
-            true,
-        ),
+        &bounce(ADA, "ada@example.com", "Permanent Delivery Failure - Address not deliverable", true),
         "2026-03-01T10:00:00.000Z",
     );
-    let without_message_id =
-        json!({"dsid": BOB, "email": "bob@example.com", "reason": "Blocked"}).to_string();
-    let second = fixture.deliver(
-        "email-bounced",
-        &without_message_id,
-        "2026-03-01T11:00:00.000Z",
-    );
+    let without_message_id = json!({"dsid": BOB, "email": "bob@example.com", "reason": "Blocked"}).to_string();
+    let second = fixture.deliver("email-bounced", &without_message_id, "2026-03-01T11:00:00.000Z");
 
     let rows = fixture.query_json(&["bounces"]);
 
@@ -426,29 +336,13 @@ fn bounces_json_uses_json_types() {
 #[test]
 fn bounces_domain_matches_case_insensitively() {
     let fixture = Fixture::new();
-    fixture.deliver(
-        "email-bounced",
-        &bounce(ADA, "Ada@Example.COM", "Mailbox full", false),
-        "2026-03-01T10:00:00.000Z",
-    );
-    fixture.deliver(
-        "email-bounced",
-        &bounce(BOB, "bob@other.org", "Mailbox full", false),
-        "2026-03-01T11:00:00.000Z",
-    );
-    fixture.deliver(
-        "email-bounced",
-        &bounce(CY, "cy@mail.example.com", "Mailbox full", false),
-        "2026-03-01T12:00:00.000Z",
-    );
+    fixture.deliver("email-bounced", &bounce(ADA, "Ada@Example.COM", "Mailbox full", false), "2026-03-01T10:00:00.000Z");
+    fixture.deliver("email-bounced", &bounce(BOB, "bob@other.org", "Mailbox full", false), "2026-03-01T11:00:00.000Z");
+    fixture.deliver("email-bounced", &bounce(CY, "cy@mail.example.com", "Mailbox full", false), "2026-03-01T12:00:00.000Z");
 
     for domain in ["example.com", "@EXAMPLE.com", "Example.Com"] {
         let rows = fixture.query_json(&["bounces", "--domain", domain]);
-        assert_eq!(
-            column(&rows, "email"),
-            [&json!("Ada@Example.COM")],
-            "--domain {domain}"
-        );
+        assert_eq!(column(&rows, "email"), [&json!("Ada@Example.COM")], "--domain {domain}");
     }
 
     let none = fixture.query_json(&["bounces", "--domain", "nowhere.test"]);
@@ -467,72 +361,32 @@ fn bounces_domain_without_name_is_usage_error() {
 #[test]
 fn bounces_spam_only_and_dsid() {
     let fixture = Fixture::new();
-    fixture.deliver(
-        "email-bounced",
-        &bounce(ADA, "ada@example.com", "Mailbox full", false),
-        "2026-03-01T10:00:00.000Z",
-    );
-    fixture.deliver(
-        "email-bounced",
-        &bounce(BOB, "bob@example.com", "Complaint", true),
-        "2026-03-01T11:00:00.000Z",
-    );
-    fixture.deliver(
-        "email-bounced",
-        &bounce(ADA, "ada@example.com", "Complaint", true),
-        "2026-03-01T12:00:00.000Z",
-    );
+    fixture.deliver("email-bounced", &bounce(ADA, "ada@example.com", "Mailbox full", false), "2026-03-01T10:00:00.000Z");
+    fixture.deliver("email-bounced", &bounce(BOB, "bob@example.com", "Complaint", true), "2026-03-01T11:00:00.000Z");
+    fixture.deliver("email-bounced", &bounce(ADA, "ada@example.com", "Complaint", true), "2026-03-01T12:00:00.000Z");
 
     let spam = fixture.query_json(&["bounces", "--spam-only"]);
     assert_eq!(column(&spam, "dsid"), [&json!(ADA), &json!(BOB)]);
     assert_eq!(column(&spam, "is_spam_complaint"), [&json!(1), &json!(1)]);
 
     let ada_spam = fixture.query_json(&["bounces", "--spam-only", "--dsid", ADA]);
-    assert_eq!(
-        column(&ada_spam, "received_at"),
-        [&json!("2026-03-01T12:00:00.000Z")]
-    );
+    assert_eq!(column(&ada_spam, "received_at"), [&json!("2026-03-01T12:00:00.000Z")]);
 
     let ada = fixture.query_json(&["bounces", "--dsid", ADA]);
-    assert_eq!(
-        column(&ada, "reason"),
-        [&json!("Complaint"), &json!("Mailbox full")]
-    );
+    assert_eq!(column(&ada, "reason"), [&json!("Complaint"), &json!("Mailbox full")]);
 }
 
 /// Stores Ada's lead 1 (New, then Qualified, then Won) and lead 3 (New),
 /// and Bob's lead 2 (New), interleaved in time.
 fn lead_fixture() -> Fixture {
     let fixture = Fixture::new();
-    let change = |lead: i64, dsid: &str, status: &str| {
-        json!({"id": lead, "dsid": dsid, "status": status}).to_string()
-    };
+    let change = |lead: i64, dsid: &str, status: &str| json!({"id": lead, "dsid": dsid, "status": status}).to_string();
     fixture.deliver_all(&[
-        (
-            "lead-status-changed",
-            &change(1, ADA, "New"),
-            "2026-03-01T10:00:00.000Z",
-        ),
-        (
-            "lead-status-changed",
-            &change(2, BOB, "New"),
-            "2026-03-01T11:00:00.000Z",
-        ),
-        (
-            "lead-status-changed",
-            &change(1, ADA, "Qualified"),
-            "2026-03-02T10:00:00.000Z",
-        ),
-        (
-            "lead-status-changed",
-            &change(3, ADA, "New"),
-            "2026-03-02T12:00:00.000Z",
-        ),
-        (
-            "lead-status-changed",
-            &change(1, ADA, "Won"),
-            "2026-03-03T10:00:00.000Z",
-        ),
+        ("lead-status-changed", &change(1, ADA, "New"), "2026-03-01T10:00:00.000Z"),
+        ("lead-status-changed", &change(2, BOB, "New"), "2026-03-01T11:00:00.000Z"),
+        ("lead-status-changed", &change(1, ADA, "Qualified"), "2026-03-02T10:00:00.000Z"),
+        ("lead-status-changed", &change(3, ADA, "New"), "2026-03-02T12:00:00.000Z"),
+        ("lead-status-changed", &change(1, ADA, "Won"), "2026-03-03T10:00:00.000Z"),
     ]);
     fixture
 }
@@ -543,29 +397,14 @@ fn lead_status_shows_previous_status() {
 
     let rows = fixture.query_json(&["lead-status"]);
 
-    assert_eq!(
-        column(&rows, "lead_id"),
-        [&json!(1), &json!(1), &json!(1), &json!(2), &json!(3)]
-    );
+    assert_eq!(column(&rows, "lead_id"), [&json!(1), &json!(1), &json!(1), &json!(2), &json!(3)]);
     assert_eq!(
         column(&rows, "previous_status"),
-        [
-            &Value::Null,
-            &json!("New"),
-            &json!("Qualified"),
-            &Value::Null,
-            &Value::Null
-        ]
+        [&Value::Null, &json!("New"), &json!("Qualified"), &Value::Null, &Value::Null]
     );
     assert_eq!(
         column(&rows, "status"),
-        [
-            &json!("New"),
-            &json!("Qualified"),
-            &json!("Won"),
-            &json!("New"),
-            &json!("New")
-        ]
+        [&json!("New"), &json!("Qualified"), &json!("Won"), &json!("New"), &json!("New")]
     );
     assert_eq!(rows[2]["changed_at"], json!("2026-03-03T10:00:00.000Z"));
     assert_eq!(rows[2]["dsid"], json!(ADA));
@@ -576,22 +415,13 @@ fn lead_status_filters_by_lead_and_dsid() {
     let fixture = lead_fixture();
 
     let lead_one = fixture.query_json(&["lead-status", "--lead", "1"]);
-    assert_eq!(
-        column(&lead_one, "status"),
-        [&json!("New"), &json!("Qualified"), &json!("Won")]
-    );
+    assert_eq!(column(&lead_one, "status"), [&json!("New"), &json!("Qualified"), &json!("Won")]);
 
     let ada = fixture.query_json(&["lead-status", "--dsid", ADA]);
-    assert_eq!(
-        column(&ada, "lead_id"),
-        [&json!(1), &json!(1), &json!(1), &json!(3)]
-    );
+    assert_eq!(column(&ada, "lead_id"), [&json!(1), &json!(1), &json!(1), &json!(3)]);
 
     let ada_limited = fixture.query_json(&["lead-status", "--dsid", ADA, "--limit", "2"]);
-    assert_eq!(
-        column(&ada_limited, "status"),
-        [&json!("New"), &json!("Qualified")]
-    );
+    assert_eq!(column(&ada_limited, "status"), [&json!("New"), &json!("Qualified")]);
 
     let bob_lead_one = fixture.query_json(&["lead-status", "--dsid", BOB, "--lead", "1"]);
     assert_eq!(bob_lead_one, Vec::<Value>::new());
@@ -625,61 +455,21 @@ fn lead_status_listing_matches_the_view() {
         body.to_string()
     };
     fixture.deliver_all(&[
-        (
-            "lead-status-changed",
-            &change(Some(7), Some("New")),
-            "2026-03-01T10:00:00.000Z",
-        ),
+        ("lead-status-changed", &change(Some(7), Some("New")), "2026-03-01T10:00:00.000Z"),
         // A retry of the first change: left out, and not anyone's previous
         // status.
-        (
-            "lead-status-changed",
-            &change(Some(7), Some("New")),
-            "2026-03-01T10:00:20.000Z",
-        ),
-        (
-            "lead-status-changed",
-            &change(Some(7), Some("Qualified")),
-            "2026-03-01T10:00:30.000Z",
-        ),
+        ("lead-status-changed", &change(Some(7), Some("New")), "2026-03-01T10:00:20.000Z"),
+        ("lead-status-changed", &change(Some(7), Some("Qualified")), "2026-03-01T10:00:30.000Z"),
         // Two changes of lead 7 in the same millisecond: the later delivery
         // id comes second.
-        (
-            "lead-status-changed",
-            &change(Some(7), Some("Won")),
-            "2026-03-02T09:00:00.000Z",
-        ),
-        (
-            "lead-status-changed",
-            &change(Some(7), Some("Lost")),
-            "2026-03-02T09:00:00.000Z",
-        ),
-        (
-            "lead-status-changed",
-            &change(Some(7), None),
-            "2026-03-03T09:00:00.000Z",
-        ),
-        (
-            "lead-status-changed",
-            &change(Some(7), Some("New")),
-            "2026-03-04T09:00:00.000Z",
-        ),
+        ("lead-status-changed", &change(Some(7), Some("Won")), "2026-03-02T09:00:00.000Z"),
+        ("lead-status-changed", &change(Some(7), Some("Lost")), "2026-03-02T09:00:00.000Z"),
+        ("lead-status-changed", &change(Some(7), None), "2026-03-03T09:00:00.000Z"),
+        ("lead-status-changed", &change(Some(7), Some("New")), "2026-03-04T09:00:00.000Z"),
         // Changes without a lead id form one history, as `IS` compares them.
-        (
-            "lead-status-changed",
-            &change(None, Some("New")),
-            "2026-03-01T12:00:00.000Z",
-        ),
-        (
-            "lead-status-changed",
-            &change(None, Some("Contacted")),
-            "2026-03-02T12:00:00.000Z",
-        ),
-        (
-            "lead-status-changed",
-            &change(Some(3), Some("New")),
-            "2026-03-02T13:00:00.000Z",
-        ),
+        ("lead-status-changed", &change(None, Some("New")), "2026-03-01T12:00:00.000Z"),
+        ("lead-status-changed", &change(None, Some("Contacted")), "2026-03-02T12:00:00.000Z"),
+        ("lead-status-changed", &change(Some(3), Some("New")), "2026-03-02T13:00:00.000Z"),
     ]);
 
     let view_rows = |condition: &str| -> Vec<Value> {
@@ -701,34 +491,20 @@ fn lead_status_listing_matches_the_view() {
                 }))
             })
             .expect("query the view");
-        rows.collect::<rusqlite::Result<_>>()
-            .expect("read the view")
+        rows.collect::<rusqlite::Result<_>>().expect("read the view")
     };
 
     let all = fixture.query_json(&["lead-status"]);
     assert_eq!(all, view_rows(""));
     assert_eq!(
         column(&all, "previous_status"),
-        [
-            &Value::Null,
-            &json!("New"),
-            &Value::Null,
-            &Value::Null,
-            &json!("New"),
-            &json!("Qualified"),
-            &json!("Won"),
-            &json!("Lost"),
-            &Value::Null
-        ]
+        [&Value::Null, &json!("New"), &Value::Null, &Value::Null, &json!("New"), &json!("Qualified"), &json!("Won"), &json!("Lost"), &Value::Null]
     );
     assert_eq!(
         fixture.query_json(&["lead-status", "--since", "2026-03-02T09:00:00Z"]),
         view_rows("WHERE changed_at >= '2026-03-02T09:00:00.000Z'")
     );
-    assert_eq!(
-        fixture.query_json(&["lead-status", "--limit", "4"]),
-        all[..4]
-    );
+    assert_eq!(fixture.query_json(&["lead-status", "--limit", "4"]), all[..4]);
 }
 
 /// Text that another tool wrote as invalid UTF-8 is shown with U+FFFD,
@@ -738,9 +514,7 @@ fn lead_status_shows_invalid_utf8_replaced() {
     let fixture = lead_fixture();
     rusqlite::Connection::open(&fixture.db)
         .expect("open the database")
-        .execute_batch(
-            "UPDATE lead_status_changes SET status = CAST(X'4EFF' AS TEXT) WHERE status = 'Won'",
-        )
+        .execute_batch("UPDATE lead_status_changes SET status = CAST(X'4EFF' AS TEXT) WHERE status = 'Won'")
         .expect("write invalid UTF-8");
 
     let rows = fixture.query_json(&["lead-status"]);
@@ -754,36 +528,12 @@ fn contact_shows_timeline_with_summaries() {
     let updated = json!({"dsId": ADA, "email": "ada@example.com", "status": "Active"}).to_string();
     fixture.deliver_all(&[
         ("contact-updated", &updated, "2026-03-01T09:00:00.000Z"),
-        (
-            "email-bounced",
-            &bounce(ADA, "ada@example.com", "Mailbox full", true),
-            "2026-03-01T10:00:00.000Z",
-        ),
-        (
-            "email-bounced",
-            &bounce(ADA, "ada@example.com", "Mailbox full", true),
-            "2026-03-01T10:00:01.000Z",
-        ),
-        (
-            "lead-status-changed",
-            &json!({"id": 7, "dsid": ADA, "status": "Won"}).to_string(),
-            "2026-03-02T10:00:00.000Z",
-        ),
-        (
-            "text-reply",
-            &json!({"dsid": ADA, "mobile": "+15550100", "message": "STOP"}).to_string(),
-            "2026-03-03T10:00:00.000Z",
-        ),
-        (
-            "email-opt-out",
-            &json!({"dsid": ADA, "email": "ada@example.com"}).to_string(),
-            "2026-03-04T10:00:00.000Z",
-        ),
-        (
-            "email-opt-out",
-            &json!({"dsid": BOB, "email": "bob@example.com"}).to_string(),
-            "2026-03-04T11:00:00.000Z",
-        ),
+        ("email-bounced", &bounce(ADA, "ada@example.com", "Mailbox full", true), "2026-03-01T10:00:00.000Z"),
+        ("email-bounced", &bounce(ADA, "ada@example.com", "Mailbox full", true), "2026-03-01T10:00:01.000Z"),
+        ("lead-status-changed", &json!({"id": 7, "dsid": ADA, "status": "Won"}).to_string(), "2026-03-02T10:00:00.000Z"),
+        ("text-reply", &json!({"dsid": ADA, "mobile": "+15550100", "message": "STOP"}).to_string(), "2026-03-03T10:00:00.000Z"),
+        ("email-opt-out", &json!({"dsid": ADA, "email": "ada@example.com"}).to_string(), "2026-03-04T10:00:00.000Z"),
+        ("email-opt-out", &json!({"dsid": BOB, "email": "bob@example.com"}).to_string(), "2026-03-04T11:00:00.000Z"),
     ]);
 
     let rows = fixture.query_json(&["contact", ADA]);
@@ -808,18 +558,12 @@ fn contact_shows_timeline_with_summaries() {
             &json!("ada@example.com"),
         ]
     );
-    assert!(
-        rows.iter().all(|row| row["outcome"] == json!("stored")),
-        "{rows:?}"
-    );
+    assert!(rows.iter().all(|row| row["outcome"] == json!("stored")), "{rows:?}");
     assert_eq!(rows[0]["received_at"], json!("2026-03-01T09:00:00.000Z"));
     assert_eq!(rows[0]["delivery_id"], json!(1));
 
     let limited = fixture.query_json(&["contact", ADA, "--since", "2026-03-02", "--limit", "2"]);
-    assert_eq!(
-        column(&limited, "kind"),
-        [&json!("lead-status-changed"), &json!("text-reply")]
-    );
+    assert_eq!(column(&limited, "kind"), [&json!("lead-status-changed"), &json!("text-reply")]);
 }
 
 #[test]
@@ -832,40 +576,11 @@ fn events_list_raw_deliveries_newest_first() {
 
     let rows = fixture.query_json(&["events"]);
 
-    assert_eq!(
-        column(&rows, "id"),
-        [
-            &json!(unknown.id),
-            &json!(quarantined.id),
-            &json!(stored.id)
-        ]
-    );
-    assert_eq!(
-        column(&rows, "outcome"),
-        [
-            &json!("unknown_kind"),
-            &json!("quarantined"),
-            &json!("stored")
-        ]
-    );
-    assert_eq!(
-        column(&rows, "kind"),
-        [
-            &json!("coffee-ordered"),
-            &json!("email-opt-out"),
-            &json!("email-opt-out")
-        ]
-    );
-    assert_eq!(
-        column(&rows, "body_bytes"),
-        [&json!(2), &json!(9), &json!(stored_body.len())]
-    );
-    assert!(
-        rows[1]["error"]
-            .as_str()
-            .is_some_and(|error| error.starts_with("body is not valid JSON")),
-        "{rows:?}"
-    );
+    assert_eq!(column(&rows, "id"), [&json!(unknown.id), &json!(quarantined.id), &json!(stored.id)]);
+    assert_eq!(column(&rows, "outcome"), [&json!("unknown_kind"), &json!("quarantined"), &json!("stored")]);
+    assert_eq!(column(&rows, "kind"), [&json!("coffee-ordered"), &json!("email-opt-out"), &json!("email-opt-out")]);
+    assert_eq!(column(&rows, "body_bytes"), [&json!(2), &json!(9), &json!(stored_body.len())]);
+    assert!(rows[1]["error"].as_str().is_some_and(|error| error.starts_with("body is not valid JSON")), "{rows:?}");
     assert_eq!(rows[2]["error"], Value::Null);
 
     let only_quarantined = fixture.query_json(&["events", "--outcome", "quarantined"]);
@@ -875,21 +590,14 @@ fn events_list_raw_deliveries_newest_first() {
     assert_eq!(column(&only_unknown, "id"), [&json!(unknown.id)]);
 
     let only_kind = fixture.query_json(&["events", "--kind", "email-opt-out"]);
-    assert_eq!(
-        column(&only_kind, "id"),
-        [&json!(quarantined.id), &json!(stored.id)]
-    );
+    assert_eq!(column(&only_kind, "id"), [&json!(quarantined.id), &json!(stored.id)]);
 }
 
 #[test]
 fn events_default_to_fifty_rows() {
     let fixture = Fixture::new();
-    let times: Vec<String> = (0..55)
-        .map(|minute| format!("2026-03-01T10:{minute:02}:00.000Z"))
-        .collect();
-    let bodies: Vec<String> = (0..55)
-        .map(|n| json!({"id": format!("link-{n}")}).to_string())
-        .collect();
+    let times: Vec<String> = (0..55).map(|minute| format!("2026-03-01T10:{minute:02}:00.000Z")).collect();
+    let bodies: Vec<String> = (0..55).map(|n| json!({"id": format!("link-{n}")}).to_string()).collect();
     let deliveries: Vec<(&str, &str, &str)> = bodies
         .iter()
         .zip(&times)
@@ -911,11 +619,7 @@ fn limit_caps_rows() {
     let fixture = Fixture::new();
     for (hour, dsid) in [(10, ADA), (11, BOB), (12, CY)] {
         let body = json!({"dsid": dsid, "email": format!("{dsid}@example.com")}).to_string();
-        fixture.deliver(
-            "email-opt-out",
-            &body,
-            &format!("2026-03-01T{hour}:00:00.000Z"),
-        );
+        fixture.deliver("email-opt-out", &body, &format!("2026-03-01T{hour}:00:00.000Z"));
     }
 
     let rows = fixture.query_json(&["opt-outs", "--limit", "2"]);
@@ -937,24 +641,11 @@ fn since_and_until_filter_received_at() {
     let fixture = Fixture::new();
     for day in 1..=4 {
         let body = bounce(ADA, &format!("day{day}@example.com"), "Mailbox full", false);
-        fixture.deliver(
-            "email-bounced",
-            &body,
-            &format!("2026-03-0{day}T10:00:00.000Z"),
-        );
+        fixture.deliver("email-bounced", &body, &format!("2026-03-0{day}T10:00:00.000Z"));
     }
 
-    let rows = fixture.query_json(&[
-        "bounces",
-        "--since",
-        "2026-03-02",
-        "--until",
-        "2026-03-04T10:00:00Z",
-    ]);
-    assert_eq!(
-        column(&rows, "email"),
-        [&json!("day3@example.com"), &json!("day2@example.com")]
-    );
+    let rows = fixture.query_json(&["bounces", "--since", "2026-03-02", "--until", "2026-03-04T10:00:00Z"]);
+    assert_eq!(column(&rows, "email"), [&json!("day3@example.com"), &json!("day2@example.com")]);
 
     let offset = fixture.query_json(&["bounces", "--since", "2026-03-04T11:00:00+01:00"]);
     assert_eq!(column(&offset, "email"), [&json!("day4@example.com")]);
@@ -973,10 +664,7 @@ fn bad_since_exits_2_naming_value() {
     assert_eq!(output.code, Some(2), "{output}");
     assert!(output.stderr.starts_with("dsevents: --since"), "{output}");
     assert!(output.stderr.contains("'last tuesday'"), "{output}");
-    assert!(
-        output.stderr.contains("7d"),
-        "names an example that works\n{output}"
-    );
+    assert!(output.stderr.contains("7d"), "names an example that works\n{output}");
     assert_eq!(output.stdout, "", "{output}");
 }
 
@@ -985,10 +673,7 @@ fn since_after_until_exits_2() {
     let fixture = Fixture::new();
     let output = fixture.query(&["events", "--since", "2026-03-02", "--until", "2026-03-01"]);
     assert_eq!(output.code, Some(2), "{output}");
-    assert!(
-        output.stderr.contains("2026-03-02T00:00:00.000Z"),
-        "{output}"
-    );
+    assert!(output.stderr.contains("2026-03-02T00:00:00.000Z"), "{output}");
 }
 
 #[test]
@@ -996,37 +681,20 @@ fn missing_database_exits_1_and_creates_nothing() {
     let dir = tempfile::tempdir().expect("create a temporary directory");
     let missing = dir.path().join("missing.db");
 
-    let output = run(
-        dir.path(),
-        &[
-            "query",
-            "bounces",
-            "--db",
-            missing.to_str().expect("UTF-8 path"),
-        ],
-    );
+    let output = run(dir.path(), &["query", "bounces", "--db", missing.to_str().expect("UTF-8 path")]);
 
     assert_eq!(output.code, Some(1), "{output}");
-    assert!(
-        output.stderr.contains(&missing.display().to_string()),
-        "{output}"
-    );
+    assert!(output.stderr.contains(&missing.display().to_string()), "{output}");
     assert_eq!(output.stdout, "", "{output}");
     assert!(!missing.exists(), "no database file was created");
-    let entries: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("list the directory")
-        .collect();
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).expect("list the directory").collect();
     assert!(entries.is_empty(), "the directory stays empty: {entries:?}");
 }
 
 #[test]
 fn database_path_from_environment() {
     let fixture = Fixture::new();
-    fixture.deliver(
-        "phone-opt-out",
-        &json!({"dsid": ADA}).to_string(),
-        "2026-03-01T10:00:00.000Z",
-    );
+    fixture.deliver("phone-opt-out", &json!({"dsid": ADA}).to_string(), "2026-03-01T10:00:00.000Z");
 
     let output = Command::new(env!("CARGO_BIN_EXE_dsevents"))
         .args(["query", "opt-outs", "--format", "csv"])
@@ -1037,18 +705,14 @@ fn database_path_from_environment() {
 
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
+    assert!(output.status.success(), "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(stdout, format!("channel,dsid,address,received_at,delivery_id\nphone,{ADA},,2026-03-01T10:00:00.000Z,1\n"));
 }
 
 #[test]
 fn csv_is_default_when_output_is_not_terminal() {
     let fixture = Fixture::new();
-    let reply = json!({"dsid": ADA, "mobile": "+15550100", "message": "Yes, \"please\"\ncall me"})
-        .to_string();
+    let reply = json!({"dsid": ADA, "mobile": "+15550100", "message": "Yes, \"please\"\ncall me"}).to_string();
     fixture.deliver("text-reply", &reply, "2026-03-01T10:00:00.000Z");
 
     let output = fixture.query(&["contact", ADA]);
@@ -1100,10 +764,7 @@ fn ndjson_writes_one_object_per_line() {
 fn empty_result_in_every_format() {
     let fixture = Fixture::new();
     let cases = [
-        (
-            "csv",
-            "bounced_at,email,reason,is_spam_complaint,dsid,message_id,received_at,delivery_id\n",
-        ),
+        ("csv", "bounced_at,email,reason,is_spam_complaint,dsid,message_id,received_at,delivery_id\n"),
         ("json", "[]\n"),
         ("ndjson", ""),
     ];
@@ -1114,30 +775,17 @@ fn empty_result_in_every_format() {
     }
     let table = fixture.query(&["bounces", "--format", "table"]);
     table.assert_success();
-    assert_eq!(
-        table.stdout.lines().count(),
-        2,
-        "header and dashes only\n{table}"
-    );
+    assert_eq!(table.stdout.lines().count(), 2, "header and dashes only\n{table}");
 }
 
 #[test]
 fn closed_pipe_ends_quietly() {
     let fixture = Fixture::new();
     let bodies: Vec<String> = (0..2000)
-        .map(|n| {
-            bounce(
-                ADA,
-                &format!("user{n}@example.com"),
-                "Permanent Delivery Failure - Address not deliverable",
-                false,
-            )
-        })
+        .map(|n| bounce(ADA, &format!("user{n}@example.com"), "Permanent Delivery Failure - Address not deliverable", false))
         .collect();
-    let deliveries: Vec<(&str, &str, &str)> = bodies
-        .iter()
-        .map(|body| ("email-bounced", body.as_str(), "2026-03-01T10:00:00.000Z"))
-        .collect();
+    let deliveries: Vec<(&str, &str, &str)> =
+        bodies.iter().map(|body| ("email-bounced", body.as_str(), "2026-03-01T10:00:00.000Z")).collect();
     fixture.deliver_all(&deliveries);
 
     for format in ["csv", "json", "ndjson", "table"] {
@@ -1153,11 +801,7 @@ fn closed_pipe_ends_quietly() {
         drop(child.stdout.take());
         let output = child.wait_with_output().expect("wait for dsevents");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "--format {format}: stderr {stderr}"
-        );
+        assert_eq!(output.status.code(), Some(0), "--format {format}: stderr {stderr}");
         assert_eq!(stderr, "", "--format {format}");
     }
 }
@@ -1165,23 +809,12 @@ fn closed_pipe_ends_quietly() {
 #[test]
 fn missing_database_is_not_created_by_any_query() {
     let dir = tempfile::tempdir().expect("create a temporary directory");
-    for command in [
-        &["opt-outs"][..],
-        &["lead-status"],
-        &["contact", ADA],
-        &["events"],
-    ] {
+    for command in [&["opt-outs"][..], &["lead-status"], &["contact", ADA], &["events"]] {
         let mut args = vec!["query"];
         args.extend_from_slice(command);
         let output = run(dir.path(), &args);
         assert_eq!(output.code, Some(1), "{output}");
-        assert!(
-            output.stderr.contains("dsevents.db"),
-            "names the default path\n{output}"
-        );
+        assert!(output.stderr.contains("dsevents.db"), "names the default path\n{output}");
     }
-    assert!(
-        !dir.path().join("dsevents.db").exists(),
-        "no database file was created"
-    );
+    assert!(!dir.path().join("dsevents.db").exists(), "no database file was created");
 }

@@ -15,9 +15,7 @@ const OPT_IN: &[u8] = br#"{"dsid":"r1","email":"r1@example.com"}"#;
 
 /// Starts `serve` with `extra` on a fresh database. Returns `Err` with the
 /// exit code when it exits at once, as for a rejected option.
-fn start_or_exit(
-    extra: &[&str],
-) -> Result<(std::process::Child, String, tempfile::TempDir), Option<i32>> {
+fn start_or_exit(extra: &[&str]) -> Result<(std::process::Child, String, tempfile::TempDir), Option<i32>> {
     let dir = tempfile::tempdir().expect("create temp dir");
     let db = dir.path().join("events.db");
     let mut child = Command::new(BIN)
@@ -36,12 +34,7 @@ fn start_or_exit(
     if line.is_empty() {
         return Err(child.wait().expect("wait for serve").code());
     }
-    let address = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let address = line.trim().rsplit("http://").next().unwrap_or_default().to_string();
     Ok((child, address, dir))
 }
 
@@ -49,9 +42,7 @@ fn start_or_exit(
 /// connection ended without a response.
 fn post_status_line(address: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("set timeout");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("set timeout");
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         OPT_IN.len()
@@ -60,30 +51,19 @@ fn post_status_line(address: &str, path: &str) -> String {
     let _ = stream.write_all(OPT_IN);
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
-    String::from_utf8_lossy(&response)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    String::from_utf8_lossy(&response).lines().next().unwrap_or_default().to_string()
 }
 
 #[test]
 fn zero_timeouts_rejected_or_served() {
     for option in ["--read-timeout", "--idle-timeout"] {
         match start_or_exit(&[option, "0"]) {
-            Err(code) => assert_eq!(
-                code,
-                Some(2),
-                "serve {option} 0 should exit 2 as a usage error"
-            ),
+            Err(code) => assert_eq!(code, Some(2), "serve {option} 0 should exit 2 as a usage error"),
             Ok((mut child, address, _dir)) => {
                 let status = post_status_line(&address, "/hooks/email-opt-in");
                 let _ = child.kill();
                 let _ = child.wait();
-                assert!(
-                    status.contains(" 200 "),
-                    "serve {option} 0 dropped a delivery: status line {status:?}"
-                );
+                assert!(status.contains(" 200 "), "serve {option} 0 dropped a delivery: status line {status:?}");
             }
         }
     }
@@ -115,22 +95,10 @@ fn huge_since_is_usage_error() {
     let db = server.db.to_str().expect("utf-8 path").to_string();
     for args in [
         vec!["query", "bounces", "--since", "99999999999d", "--db", &db],
-        vec![
-            "prune",
-            "--raw-older-than",
-            "9999999999w",
-            "--dry-run",
-            "--db",
-            &db,
-        ],
+        vec!["prune", "--raw-older-than", "9999999999w", "--dry-run", "--db", &db],
     ] {
         let output = run(&args);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{}",
-            describe(&args, &output)
-        );
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
     }
 }
 
@@ -140,31 +108,16 @@ fn status_leaves_foreign_sqlite_file_alone() {
     let path = dir.path().join("other.db");
     {
         let other = rusqlite::Connection::open(&path).expect("create other db");
-        other
-            .execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY)")
-            .expect("create table");
+        other.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY)").expect("create table");
     }
     let before = std::fs::read(&path).expect("read other db");
     let args = ["status", "--db", path.to_str().expect("utf-8 path")];
     let output = run(&args);
     let after = std::fs::read(&path).expect("read other db");
     let wal = dir.path().join("other.db-wal");
-    assert!(
-        before == after,
-        "status changed a SQLite file that is not a dsevents database\n{}",
-        describe(&args, &output)
-    );
-    assert!(
-        !wal.exists(),
-        "status switched a foreign SQLite file to WAL\n{}",
-        describe(&args, &output)
-    );
-    assert_ne!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        describe(&args, &output)
-    );
+    assert!(before == after, "status changed a SQLite file that is not a dsevents database\n{}", describe(&args, &output));
+    assert!(!wal.exists(), "status switched a foreign SQLite file to WAL\n{}", describe(&args, &output));
+    assert_ne!(output.status.code(), Some(0), "{}", describe(&args, &output));
 }
 
 #[test]
@@ -185,42 +138,28 @@ fn duplicate_check_uses_fingerprint_index() {
     let started = Instant::now();
     for index in 0..50 {
         let body = format!(r#"{{"dsid":"p{index}","email":"p{index}@example.com"}}"#);
-        assert_eq!(
-            server.post("/hooks/email-opt-in", body.as_bytes()).status,
-            200
-        );
+        assert_eq!(server.post("/hooks/email-opt-in", body.as_bytes()).status, 200);
     }
     let per_delivery = started.elapsed() / 50;
-    assert!(
-        per_delivery < Duration::from_millis(10),
-        "{per_delivery:?} per delivery with 100k same-kind rows in the window"
-    );
+    assert!(per_delivery < Duration::from_millis(10), "{per_delivery:?} per delivery with 100k same-kind rows in the window");
 }
 
 #[test]
 fn escaped_and_uppercase_paths_route_to_kind() {
     let server = Server::start(&[]);
-    for path in [
-        "/hooks/email%2Dbounced",
-        "/hooks/EMAIL-BOUNCED",
-        "//hooks/email-bounced",
-    ] {
+    for path in ["/hooks/email%2Dbounced", "/hooks/EMAIL-BOUNCED", "//hooks/email-bounced"] {
         let reply = server.post(path, br#"{"dsid":"p1","email":"p1@example.com"}"#);
         assert_eq!(reply.status, 200, "{path}: {}", reply.body);
         assert_eq!(reply.json()["kind"], "email-bounced", "{path}");
     }
     assert_eq!(server.count("SELECT count(*) FROM email_bounces"), 3);
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE kind <> 'email-bounced'"),
-        0
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE kind <> 'email-bounced'"), 0);
 }
 
 #[test]
 fn post_without_length_is_411() {
     let server = Server::start(&[]);
-    let reply =
-        server.send_raw(b"POST /hooks/email-opt-in HTTP/1.0\r\nHost: x\r\n\r\n{\"dsid\":\"r\"}");
+    let reply = server.send_raw(b"POST /hooks/email-opt-in HTTP/1.0\r\nHost: x\r\n\r\n{\"dsid\":\"r\"}");
     assert_eq!(reply.status, 411, "{}", reply.body);
     assert_eq!(server.count("SELECT count(*) FROM deliveries"), 0);
 }
@@ -228,21 +167,10 @@ fn post_without_length_is_411() {
 #[test]
 fn encoded_body_kept_with_reason() {
     let server = Server::start(&[]);
-    let reply = server.request(
-        "POST",
-        "/hooks/email-opt-in",
-        &[("Content-Encoding", "gzip")],
-        b"\x1f\x8b\x08\x00",
-    );
+    let reply = server.request("POST", "/hooks/email-opt-in", &[("Content-Encoding", "gzip")], b"\x1f\x8b\x08\x00");
     assert_eq!(reply.status, 202, "{}", reply.body);
-    assert!(reply.json()["reason"]
-        .as_str()
-        .unwrap()
-        .contains("Content-Encoding 'gzip' is not supported"));
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries WHERE body = x'1f8b0800'"),
-        1
-    );
+    assert!(reply.json()["reason"].as_str().unwrap().contains("Content-Encoding 'gzip' is not supported"));
+    assert_eq!(server.count("SELECT count(*) FROM deliveries WHERE body = x'1f8b0800'"), 1);
 }
 
 #[test]
@@ -259,36 +187,14 @@ fn placeholder_body_kept_out_of_reports() {
 fn foreign_sqlite_file_is_refused_by_serve() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("other.db");
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch("CREATE TABLE accounts (id INTEGER)")
-        .unwrap();
-    let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--db",
-        db.to_str().unwrap(),
-    ];
+    rusqlite::Connection::open(&db).unwrap().execute_batch("CREATE TABLE accounts (id INTEGER)").unwrap();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--db", db.to_str().unwrap()];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        describe(&args, &output)
-    );
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("another program"),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("another program"), "{}", describe(&args, &output));
     let tables: i64 = rusqlite::Connection::open(&db)
         .unwrap()
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
-            [],
-            |row| row.get(0),
-        )
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |row| row.get(0))
         .unwrap();
     assert_eq!(tables, 1, "the file is left as it was");
 }

@@ -30,37 +30,21 @@ fn script_posts_every_sample() {
     assert_eq!(run.code, Some(0), "{run}");
 
     let requests = peer.received();
-    let mut slugs: Vec<&str> = requests
-        .iter()
-        .map(|request| slug_of(&request.target))
-        .collect();
+    let mut slugs: Vec<&str> = requests.iter().map(|request| slug_of(&request.target)).collect();
     slugs.sort_unstable();
-    let mut expected: Vec<&str> = dsevents::catalog::KINDS
-        .iter()
-        .map(|kind| kind.slug)
-        .collect();
+    let mut expected: Vec<&str> = dsevents::catalog::KINDS.iter().map(|kind| kind.slug).collect();
     expected.sort_unstable();
     assert_eq!(slugs, expected, "{run}");
 
     for request in &requests {
         let slug = slug_of(&request.target);
         assert_eq!(request.method, "POST", "{slug}");
-        assert_eq!(
-            request.target,
-            format!("/hooks/{slug}?token=a%20b%2F%C3%A9")
-        );
-        assert_eq!(
-            request.header("content-type"),
-            Some("application/json"),
-            "{slug}"
-        );
+        assert_eq!(request.target, format!("/hooks/{slug}?token=a%20b%2F%C3%A9"));
+        assert_eq!(request.header("content-type"), Some("application/json"), "{slug}");
         assert_eq!(request.body, fixture(slug), "body of {slug}");
     }
     assert_eq!(run.stdout.lines().count(), expected.len(), "{run}");
-    assert!(
-        run.stdout.lines().all(|line| line.ends_with(" 200")),
-        "{run}"
-    );
+    assert!(run.stdout.lines().all(|line| line.ends_with(" 200")), "{run}");
 }
 
 #[test]
@@ -86,9 +70,7 @@ fn script_exits_1_on_non_2xx() {
     let run = send_samples(&peer.url(), None);
     assert_eq!(run.code, Some(1), "{run}");
     assert!(
-        run.stdout
-            .lines()
-            .any(|line| line == "email-bounced          503"),
+        run.stdout.lines().any(|line| line == "email-bounced          503"),
         "{run}"
     );
     assert!(run.stderr.contains("1 of 18 deliveries"), "{run}");

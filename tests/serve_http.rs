@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{describe, fixture, run, Server};
+use common::{fixture, run, describe, Server};
 use dsevents::catalog::KINDS;
 
 #[test]
@@ -20,31 +20,16 @@ fn every_kind_sample_is_stored() {
 
         let db = server.db();
         let (stored_body, outcome): (Vec<u8>, String) = db
-            .query_row(
-                "SELECT body, outcome FROM deliveries WHERE id = ?1",
-                [id],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
+            .query_row("SELECT body, outcome FROM deliveries WHERE id = ?1", [id], |row| Ok((row.get(0)?, row.get(1)?)))
             .expect("delivery row");
-        assert_eq!(
-            stored_body, body,
-            "{}: raw body kept byte for byte",
-            kind.slug
-        );
+        assert_eq!(stored_body, body, "{}: raw body kept byte for byte", kind.slug);
         assert_eq!(outcome, "stored");
         let rows: i64 = db
-            .query_row(
-                &format!("SELECT count(*) FROM {} WHERE delivery_id = ?1", kind.table),
-                [id],
-                |row| row.get(0),
-            )
+            .query_row(&format!("SELECT count(*) FROM {} WHERE delivery_id = ?1", kind.table), [id], |row| row.get(0))
             .expect("count normalized rows");
         assert_eq!(rows, 1, "{}: one normalized row", kind.slug);
     }
-    assert_eq!(
-        server.count("SELECT count(*) FROM deliveries"),
-        KINDS.len() as i64
-    );
+    assert_eq!(server.count("SELECT count(*) FROM deliveries"), KINDS.len() as i64);
 }
 
 /// Posts `body` to `kind` and returns the new delivery id.
@@ -57,22 +42,14 @@ fn deliver(server: &Server, kind: &str, body: &[u8]) -> i64 {
 fn text_column(server: &Server, table: &str, column: &str, id: i64) -> Option<String> {
     server
         .db()
-        .query_row(
-            &format!("SELECT {column} FROM {table} WHERE delivery_id = ?1"),
-            [id],
-            |row| row.get(0),
-        )
+        .query_row(&format!("SELECT {column} FROM {table} WHERE delivery_id = ?1"), [id], |row| row.get(0))
         .expect("read column")
 }
 
 fn integer_column(server: &Server, table: &str, column: &str, id: i64) -> Option<i64> {
     server
         .db()
-        .query_row(
-            &format!("SELECT {column} FROM {table} WHERE delivery_id = ?1"),
-            [id],
-            |row| row.get(0),
-        )
+        .query_row(&format!("SELECT {column} FROM {table} WHERE delivery_id = ?1"), [id], |row| row.get(0))
         .expect("read column")
 }
 
@@ -80,124 +57,41 @@ fn integer_column(server: &Server, table: &str, column: &str, id: i64) -> Option
 fn sender_variations_are_normalized() {
     let server = Server::start(&[]);
 
-    let id = deliver(
-        &server,
-        "email-opt-out",
-        br#"{"DSID":"0f8e1c2d3b4a59687766554433221100","Email":"ana@example.com"}"#,
-    );
-    assert_eq!(
-        text_column(&server, "email_opt_outs", "dsid", id).as_deref(),
-        Some("0f8e1c2d3b4a59687766554433221100")
-    );
+    let id = deliver(&server, "email-opt-out", br#"{"DSID":"0f8e1c2d3b4a59687766554433221100","Email":"ana@example.com"}"#);
+    assert_eq!(text_column(&server, "email_opt_outs", "dsid", id).as_deref(), Some("0f8e1c2d3b4a59687766554433221100"));
 
     let id = deliver(&server, "contact-updated", "\u{FEFF}{\"dsId\":\"c1\",\"firstName\":\"Zoë\",\"optOut\":\"False\",\"gender\":\"2\",\"accountId\":7,\"dateBirth\":null,\"dateContactCreated\":\"1753-01-01T00:00:00\",\"dateLastSeen\":\"/Date(1767225600000)/\",\"extendedProperties\":{\"plan\":\"gold\"},\"undocumented\":[1,2]}".as_bytes());
-    assert_eq!(
-        text_column(&server, "contact_updates", "dsid", id).as_deref(),
-        Some("c1")
-    );
-    assert_eq!(
-        text_column(&server, "contact_updates", "first_name", id).as_deref(),
-        Some("Zoë")
-    );
-    assert_eq!(
-        integer_column(&server, "contact_updates", "opt_out", id),
-        Some(0)
-    );
-    assert_eq!(
-        integer_column(&server, "contact_updates", "gender", id),
-        Some(2)
-    );
-    assert_eq!(
-        integer_column(&server, "contact_updates", "account_id", id),
-        Some(7)
-    );
-    assert_eq!(
-        text_column(&server, "contact_updates", "date_birth", id),
-        None
-    );
-    assert_eq!(
-        text_column(&server, "contact_updates", "date_contact_created", id),
-        None
-    );
-    assert_eq!(
-        text_column(&server, "contact_updates", "date_contact_created_text", id).as_deref(),
-        Some("1753-01-01T00:00:00")
-    );
-    assert_eq!(
-        text_column(&server, "contact_updates", "date_last_seen", id).as_deref(),
-        Some("2026-01-01T00:00:00.000Z")
-    );
-    assert_eq!(
-        text_column(&server, "contact_updates", "extended_properties", id).as_deref(),
-        Some(r#"{"plan":"gold"}"#)
-    );
+    assert_eq!(text_column(&server, "contact_updates", "dsid", id).as_deref(), Some("c1"));
+    assert_eq!(text_column(&server, "contact_updates", "first_name", id).as_deref(), Some("Zoë"));
+    assert_eq!(integer_column(&server, "contact_updates", "opt_out", id), Some(0));
+    assert_eq!(integer_column(&server, "contact_updates", "gender", id), Some(2));
+    assert_eq!(integer_column(&server, "contact_updates", "account_id", id), Some(7));
+    assert_eq!(text_column(&server, "contact_updates", "date_birth", id), None);
+    assert_eq!(text_column(&server, "contact_updates", "date_contact_created", id), None);
+    assert_eq!(text_column(&server, "contact_updates", "date_contact_created_text", id).as_deref(), Some("1753-01-01T00:00:00"));
+    assert_eq!(text_column(&server, "contact_updates", "date_last_seen", id).as_deref(), Some("2026-01-01T00:00:00.000Z"));
+    assert_eq!(text_column(&server, "contact_updates", "extended_properties", id).as_deref(), Some(r#"{"plan":"gold"}"#));
 
     let id = deliver(&server, "email-bounced", br#"{"dsid":"d2","email":"bo@example.com","date":"2026-03-01T14:05:09.517","messageid":"m-1","is_spam_complaint":"true","reason":"Spam complaint"}"#);
-    assert_eq!(
-        text_column(&server, "email_bounces", "bounced_at", id).as_deref(),
-        Some("2026-03-01T14:05:09.517Z")
-    );
-    assert_eq!(
-        text_column(&server, "email_bounces", "date_text", id).as_deref(),
-        Some("2026-03-01T14:05:09.517")
-    );
-    assert_eq!(
-        integer_column(&server, "email_bounces", "is_spam_complaint", id),
-        Some(1)
-    );
+    assert_eq!(text_column(&server, "email_bounces", "bounced_at", id).as_deref(), Some("2026-03-01T14:05:09.517Z"));
+    assert_eq!(text_column(&server, "email_bounces", "date_text", id).as_deref(), Some("2026-03-01T14:05:09.517"));
+    assert_eq!(integer_column(&server, "email_bounces", "is_spam_complaint", id), Some(1));
 
     let id = deliver(&server, "email-bounced", br#"{"dsid":"d3","email":"x@example.com","date":"2026-03-01T16:05:09+02:00","is_spam_complaint":false}"#);
-    assert_eq!(
-        text_column(&server, "email_bounces", "bounced_at", id).as_deref(),
-        Some("2026-03-01T14:05:09.000Z")
-    );
-    assert_eq!(
-        integer_column(&server, "email_bounces", "is_spam_complaint", id),
-        Some(0)
-    );
+    assert_eq!(text_column(&server, "email_bounces", "bounced_at", id).as_deref(), Some("2026-03-01T14:05:09.000Z"));
+    assert_eq!(integer_column(&server, "email_bounces", "is_spam_complaint", id), Some(0));
 
-    let id = deliver(
-        &server,
-        "lead-created",
-        br#"{"id":9007199254740993,"dsid":"d4"}"#,
-    );
-    assert_eq!(
-        integer_column(&server, "leads_created", "lead_id", id),
-        Some(9_007_199_254_740_993)
-    );
-    let id = deliver(
-        &server,
-        "lead-status-changed",
-        br#"{"id":"1042","dsid":"d4","status":"Won"}"#,
-    );
-    assert_eq!(
-        integer_column(&server, "lead_status_changes", "lead_id", id),
-        Some(1042)
-    );
+    let id = deliver(&server, "lead-created", br#"{"id":9007199254740993,"dsid":"d4"}"#);
+    assert_eq!(integer_column(&server, "leads_created", "lead_id", id), Some(9_007_199_254_740_993));
+    let id = deliver(&server, "lead-status-changed", br#"{"id":"1042","dsid":"d4","status":"Won"}"#);
+    assert_eq!(integer_column(&server, "lead_status_changes", "lead_id", id), Some(1042));
 
-    let id = deliver(
-        &server,
-        "text-reply",
-        "{\"dsid\":\"d5\",\"mobile\":\"+1-555-0100\",\"message\":\"Yes 👍 \\ud83d\"}".as_bytes(),
-    );
-    assert_eq!(
-        text_column(&server, "text_replies", "message", id).as_deref(),
-        Some("Yes 👍 \u{FFFD}")
-    );
+    let id = deliver(&server, "text-reply", "{\"dsid\":\"d5\",\"mobile\":\"+1-555-0100\",\"message\":\"Yes 👍 \\ud83d\"}".as_bytes());
+    assert_eq!(text_column(&server, "text_replies", "message", id).as_deref(), Some("Yes 👍 \u{FFFD}"));
 
-    let id = deliver(
-        &server,
-        "segment-updated",
-        br#"{"id":12,"name":"VIP","is_call_list":"1"}"#,
-    );
-    assert_eq!(
-        text_column(&server, "segments_updated", "segment_id", id).as_deref(),
-        Some("12")
-    );
-    assert_eq!(
-        integer_column(&server, "segments_updated", "is_call_list", id),
-        Some(1)
-    );
+    let id = deliver(&server, "segment-updated", br#"{"id":12,"name":"VIP","is_call_list":"1"}"#);
+    assert_eq!(text_column(&server, "segments_updated", "segment_id", id).as_deref(), Some("12"));
+    assert_eq!(integer_column(&server, "segments_updated", "is_call_list", id), Some(1));
 }
 
 #[test]
@@ -214,20 +108,11 @@ fn unreadable_bodies_are_kept_and_answered_202() {
         assert_eq!(reply.status, 202, "{kind}: {}", reply.body);
         let answer = reply.json();
         assert_eq!(answer["outcome"], outcome, "{kind}");
-        assert!(
-            answer["reason"]
-                .as_str()
-                .is_some_and(|reason| !reason.is_empty()),
-            "{kind}: reason given"
-        );
+        assert!(answer["reason"].as_str().is_some_and(|reason| !reason.is_empty()), "{kind}: reason given");
         let id = answer["id"].as_i64().unwrap();
         let (stored, error): (Vec<u8>, String) = server
             .db()
-            .query_row(
-                "SELECT body, error FROM deliveries WHERE id = ?1",
-                [id],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
+            .query_row("SELECT body, error FROM deliveries WHERE id = ?1", [id], |row| Ok((row.get(0)?, row.get(1)?)))
             .unwrap();
         assert_eq!(stored, body, "{kind}: kept byte for byte");
         assert_eq!(Some(error.as_str()), answer["reason"].as_str());
@@ -251,10 +136,7 @@ fn refused_requests_store_nothing() {
     assert_eq!(reply.status, 404);
     let reply = server.post("/hooks/email-opt-out?token=s3cret", &vec![b' '; 2048]);
     assert_eq!(reply.status, 413);
-    for reply in [
-        server.post("/hooks/email-opt-out", body),
-        server.post("/hooks/email-opt-out?token=wrong", body),
-    ] {
+    for reply in [server.post("/hooks/email-opt-out", body), server.post("/hooks/email-opt-out?token=wrong", body)] {
         assert!(!reply.body.contains("s3cret"), "the token is never echoed");
     }
 
@@ -270,10 +152,7 @@ fn token_in_query_or_bearer_header() {
     let reply = server.request(
         "POST",
         "/hooks/phone-opt-out",
-        &[
-            ("Authorization", "Bearer a+b/c=d"),
-            ("Content-Type", "application/json"),
-        ],
+        &[("Authorization", "Bearer a+b/c=d"), ("Content-Type", "application/json")],
         body,
     );
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -292,39 +171,18 @@ fn healthz_reports_database() {
 fn public_address_without_token_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("x.db");
-    let args = [
-        "serve",
-        "--listen",
-        "0.0.0.0:0",
-        "--db",
-        db.to_str().unwrap(),
-    ];
+    let args = ["serve", "--listen", "0.0.0.0:0", "--db", db.to_str().unwrap()];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--allow-unauthenticated"));
 }
 
 #[test]
 fn delivery_is_committed_before_answer() {
     let server = Server::start(&[]);
-    let id = deliver(
-        &server,
-        "user-created",
-        br#"{"email":"new.user@example.com","useruid":"u-1"}"#,
-    );
+    let id = deliver(&server, "user-created", br#"{"email":"new.user@example.com","useruid":"u-1"}"#);
     // A separate connection sees the row as soon as the answer arrives.
-    assert_eq!(
-        text_column(&server, "users_created", "user_uid", id).as_deref(),
-        Some("u-1")
-    );
-    let mode: String = server
-        .db()
-        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
-        .unwrap();
+    assert_eq!(text_column(&server, "users_created", "user_uid", id).as_deref(), Some("u-1"));
+    let mode: String = server.db().query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
     assert_eq!(mode, "wal");
 }

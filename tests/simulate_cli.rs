@@ -9,12 +9,7 @@ use support::peer::Peer;
 use support::{dsevents, fixture, slug_of};
 
 fn peer_responding_200() -> Peer {
-    Peer::start(|request| {
-        (
-            200,
-            format!(r#"{{"id":1,"kind":"{}"}}"#, slug_of(&request.target)),
-        )
-    })
+    Peer::start(|request| (200, format!(r#"{{"id":1,"kind":"{}"}}"#, slug_of(&request.target))))
 }
 
 #[test]
@@ -46,10 +41,7 @@ fn request_matches_dailystory_delivery() {
 #[test]
 fn output_line_has_kind_status_time_body() {
     let peer = peer_responding_200();
-    let run = dsevents(
-        &["simulate", "--url", &peer.url(), "--kind", "email-bounced"],
-        &[],
-    );
+    let run = dsevents(&["simulate", "--url", &peer.url(), "--kind", "email-bounced"], &[]);
     assert_eq!(run.code, Some(0), "{run}");
 
     let lines: Vec<&str> = run.stdout.lines().collect();
@@ -61,8 +53,7 @@ fn output_line_has_kind_status_time_body() {
     assert_eq!(fields[3], "ms", "{run}");
     assert_eq!(fields[4], r#"{"id":1,"kind":"email-bounced"}"#, "{run}");
     assert!(
-        run.stderr
-            .contains("sent 1 delivery, every response status was 2xx"),
+        run.stderr.contains("sent 1 delivery, every response status was 2xx"),
         "{run}"
     );
 }
@@ -74,22 +65,12 @@ fn every_kind_sent_by_default() {
     assert_eq!(run.code, Some(0), "{run}");
 
     let requests = peer.received();
-    let slugs: Vec<&str> = requests
-        .iter()
-        .map(|request| slug_of(&request.target))
-        .collect();
-    let expected: Vec<&str> = dsevents::catalog::KINDS
-        .iter()
-        .map(|kind| kind.slug)
-        .collect();
+    let slugs: Vec<&str> = requests.iter().map(|request| slug_of(&request.target)).collect();
+    let expected: Vec<&str> = dsevents::catalog::KINDS.iter().map(|kind| kind.slug).collect();
     assert_eq!(slugs, expected, "{run}");
     for request in &requests {
         let slug = slug_of(&request.target);
-        assert_eq!(
-            request.target,
-            format!("/hooks/{slug}"),
-            "no token, so no query"
-        );
+        assert_eq!(request.target, format!("/hooks/{slug}"), "no token, so no query");
         assert_eq!(request.body, fixture(slug), "body of {slug}");
     }
     assert_eq!(run.stdout.lines().count(), expected.len(), "{run}");
@@ -113,10 +94,7 @@ fn count_repeats_each_kind() {
     assert_eq!(run.code, Some(0), "{run}");
 
     let requests = peer.received();
-    let slugs: Vec<&str> = requests
-        .iter()
-        .map(|request| slug_of(&request.target))
-        .collect();
+    let slugs: Vec<&str> = requests.iter().map(|request| slug_of(&request.target)).collect();
     assert_eq!(
         slugs,
         [
@@ -167,11 +145,7 @@ fn non_2xx_response_exits_1() {
     );
     assert_eq!(run.code, Some(1), "{run}");
 
-    assert_eq!(
-        peer.received().len(),
-        2,
-        "both kinds are sent before the exit"
-    );
+    assert_eq!(peer.received().len(), 2, "both kinds are sent before the exit");
     let failed_line = run
         .stdout
         .lines()
@@ -185,10 +159,7 @@ fn non_2xx_response_exits_1() {
 #[test]
 fn redirect_counts_as_failure() {
     let peer = Peer::start(|_| (302, String::new()));
-    let run = dsevents(
-        &["simulate", "--url", &peer.url(), "--kind", "user-created"],
-        &[],
-    );
+    let run = dsevents(&["simulate", "--url", &peer.url(), "--kind", "user-created"], &[]);
     assert_eq!(run.code, Some(1), "{run}");
     assert_eq!(peer.received().len(), 1, "the redirect is not followed");
     assert!(run.stdout.contains(" 302 "), "{run}");
@@ -211,10 +182,7 @@ fn unknown_kind_exits_2_and_sends_nothing() {
     );
     assert_eq!(run.code, Some(2), "{run}");
     assert!(run.stderr.contains("'email-opened'"), "{run}");
-    assert!(
-        run.stderr.contains(&dsevents::catalog::slug_list()),
-        "{run}"
-    );
+    assert!(run.stderr.contains(&dsevents::catalog::slug_list()), "{run}");
     assert!(peer.received().is_empty(), "{run}");
 }
 
@@ -247,10 +215,7 @@ fn unreachable_server_exits_1_without_leaking_token() {
         &[],
     );
     assert_eq!(run.code, Some(1), "{run}");
-    assert!(
-        run.stderr.contains(&format!("{url}/hooks/sms-opt-out")),
-        "{run}"
-    );
+    assert!(run.stderr.contains(&format!("{url}/hooks/sms-opt-out")), "{run}");
     assert!(!run.stderr.contains("topsecret"), "{run}");
     assert!(!run.stdout.contains("topsecret"), "{run}");
 }

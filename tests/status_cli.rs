@@ -11,36 +11,17 @@ fn status_counts_match_posts() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
     for index in 0..3 {
-        server.post(
-            "/hooks/email-bounced",
-            format!(r#"{{"dsid":"d{index}","email":"x{index}@example.com"}}"#).as_bytes(),
-        );
+        server.post("/hooks/email-bounced", format!(r#"{{"dsid":"d{index}","email":"x{index}@example.com"}}"#).as_bytes());
     }
-    server.post(
-        "/hooks/email-bounced",
-        br#"{"dsid":"d0","email":"x0@example.com"}"#,
-    );
+    server.post("/hooks/email-bounced", br#"{"dsid":"d0","email":"x0@example.com"}"#);
     server.post("/hooks/lead-created", br#"{"id":"not a number"}"#);
     server.post("/hooks/not-a-kind", b"{}");
 
     let args = ["status", "--db", &db, "--format", "json"];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
     let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON status");
-    let kind = |slug: &str| {
-        status["kinds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|kind| kind["kind"] == slug)
-            .cloned()
-            .unwrap()
-    };
+    let kind = |slug: &str| status["kinds"].as_array().unwrap().iter().find(|kind| kind["kind"] == slug).cloned().unwrap();
     assert_eq!(kind("email-bounced")["count"], 4);
     assert_eq!(kind("email-bounced")["name"], "Email Address Bounced");
     assert_eq!(kind("lead-created")["count"], 1);
@@ -49,10 +30,7 @@ fn status_counts_match_posts() {
     assert_eq!(status["deliveries"], 6);
     assert_eq!(status["duplicates"], 1);
     assert_eq!(status["quarantined"]["count"], 1);
-    assert!(status["quarantined"]["latest_reason"]
-        .as_str()
-        .unwrap()
-        .contains("'not a number'"));
+    assert!(status["quarantined"]["latest_reason"].as_str().unwrap().contains("'not a number'"));
     assert_eq!(status["unknown_kind"]["count"], 1);
     assert_eq!(status["schema_version"], 2);
     assert!(status["database_bytes"].as_u64().unwrap() > 0);
@@ -62,40 +40,21 @@ fn status_counts_match_posts() {
 fn silent_kind_warns_and_check_fails() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
-    server.post(
-        "/hooks/email-opt-out",
-        br#"{"dsid":"d1","email":"a@example.com"}"#,
-    );
-    server.post(
-        "/hooks/sms-opt-out",
-        br#"{"dsid":"d1","mobile":"+1-555-0100"}"#,
-    );
+    server.post("/hooks/email-opt-out", br#"{"dsid":"d1","email":"a@example.com"}"#);
+    server.post("/hooks/sms-opt-out", br#"{"dsid":"d1","mobile":"+1-555-0100"}"#);
 
     let args = ["status", "--db", &db, "--check"];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "fresh deliveries give no warning: {}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(0), "fresh deliveries give no warning: {}", describe(&args, &output));
 
     server
         .db()
         .execute("UPDATE deliveries SET received_at = '2026-01-01T00:00:00.000Z' WHERE kind = 'sms-opt-out'", [])
         .unwrap();
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("warning: no sms-opt-out deliveries since 2026-01-01T00:00:00.000Z"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("warning: no sms-opt-out deliveries since 2026-01-01T00:00:00.000Z"), "{stdout}");
     assert!(stdout.contains("10 failed deliveries"), "{stdout}");
     assert!(!stdout.contains("no email-opt-out"), "{stdout}");
 
@@ -113,10 +72,7 @@ fn completions_and_man_page_cover_commands() {
     assert_eq!(output.status.code(), Some(0));
     let script = String::from_utf8_lossy(&output.stdout);
     assert!(script.contains("serve"), "bash completion lists serve");
-    assert!(
-        script.contains("--max-body"),
-        "bash completion lists serve options"
-    );
+    assert!(script.contains("--max-body"), "bash completion lists serve options");
 
     let output = run(&["man"]);
     assert_eq!(output.status.code(), Some(0));
@@ -129,18 +85,10 @@ fn completions_and_man_page_cover_commands() {
 fn status_text_has_no_trailing_spaces() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
-    server.post(
-        "/hooks/email-opt-out",
-        br#"{"dsid":"d1","email":"a@example.com"}"#,
-    );
+    server.post("/hooks/email-opt-out", br#"{"dsid":"d1","email":"a@example.com"}"#);
     let args = ["status", "--db", &db];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("email-opt-out"), "{stdout}");
     for line in stdout.lines() {
@@ -155,12 +103,7 @@ fn status_silence_must_be_positive() {
     for value in ["0", "-1h", "0s"] {
         let args = ["status", "--db", &db, "--silence", value];
         let output = run(&args);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{}",
-            describe(&args, &output)
-        );
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(&format!("--silence '{value}'")), "{stderr}");
         assert!(stderr.contains("must be positive"), "{stderr}");
@@ -177,12 +120,7 @@ fn man_to_closed_pipe_ends_quietly() {
         .expect("start dsevents man");
     drop(child.stdout.take());
     let output = child.wait_with_output().expect("wait for dsevents man");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
 }
 
@@ -196,15 +134,8 @@ fn completions_to_closed_pipe_end_quietly() {
             .spawn()
             .expect("start dsevents completions");
         drop(child.stdout.take());
-        let output = child
-            .wait_with_output()
-            .expect("wait for dsevents completions");
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{shell}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output = child.wait_with_output().expect("wait for dsevents completions");
+        assert_eq!(output.status.code(), Some(0), "{shell}: {}", String::from_utf8_lossy(&output.stderr));
         assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{shell}");
     }
 }
@@ -216,12 +147,7 @@ fn man_dir_writes_page_per_command() {
     let pages_text = pages.to_str().unwrap();
     let args = ["man", "--dir", pages_text];
     let output = run(&args);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
 
     let mut names: Vec<String> = std::fs::read_dir(&pages)
         .unwrap()
@@ -237,40 +163,19 @@ fn man_dir_writes_page_per_command() {
         "dsevents-import.1",
         "dsevents-man.1",
     ] {
-        assert!(
-            names.iter().any(|name| name == expected),
-            "{expected} missing from {names:?}"
-        );
+        assert!(names.iter().any(|name| name == expected), "{expected} missing from {names:?}");
     }
-    assert!(
-        !names.iter().any(|name| name.contains("help")),
-        "no page for clap's help subcommand: {names:?}"
-    );
+    assert!(!names.iter().any(|name| name.contains("help")), "no page for clap's help subcommand: {names:?}");
     // 13 subcommands, 5 of them under query, and the top-level page.
     assert_eq!(names.len(), 19, "{names:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout).lines().count(),
-        19,
-        "{}",
-        describe(&args, &output)
-    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 19, "{}", describe(&args, &output));
 
     let bounces = std::fs::read_to_string(pages.join("dsevents-query-bounces.1")).unwrap();
-    assert!(
-        bounces.contains(".TH dsevents-query-bounces 1"),
-        "{bounces}"
-    );
-    assert!(
-        bounces.contains("spam\\-only"),
-        "the page documents the subcommand's options: {bounces}"
-    );
+    assert!(bounces.contains(".TH dsevents-query-bounces 1"), "{bounces}");
+    assert!(bounces.contains("spam\\-only"), "the page documents the subcommand's options: {bounces}");
     let top = std::fs::read_to_string(pages.join("dsevents.1")).unwrap();
     let printed = run(&["man"]);
-    assert_eq!(
-        String::from_utf8_lossy(&printed.stdout),
-        top,
-        "man without --dir prints the top-level page"
-    );
+    assert_eq!(String::from_utf8_lossy(&printed.stdout), top, "man without --dir prints the top-level page");
 }
 
 /// A database of schema version 1 that this user may read but not write
@@ -279,17 +184,9 @@ fn man_dir_writes_page_per_command() {
 #[test]
 fn read_only_old_database_still_read() {
     let mut server = Server::start(&[]);
-    server.post(
-        "/hooks/email-bounced",
-        br#"{"dsid":"d1","email":"x1@example.com"}"#,
-    );
+    server.post("/hooks/email-bounced", br#"{"dsid":"d1","email":"x1@example.com"}"#);
     server.signal("TERM");
-    assert_eq!(
-        server
-            .wait_exit(std::time::Duration::from_secs(10))
-            .and_then(|status| status.code()),
-        Some(0)
-    );
+    assert_eq!(server.wait_exit(std::time::Duration::from_secs(10)).and_then(|status| status.code()), Some(0));
     rusqlite::Connection::open(&server.db)
         .unwrap()
         .execute_batch("PRAGMA user_version = 1")
@@ -300,10 +197,7 @@ fn read_only_old_database_still_read() {
         "mount --bind {db} {db} && mount -o remount,bind,ro {db} && exec {} status --db {db} --format json",
         common::BIN
     );
-    let output = match Command::new("unshare")
-        .args(["-rm", "sh", "-c", &script])
-        .output()
-    {
+    let output = match Command::new("unshare").args(["-rm", "sh", "-c", &script]).output() {
         Ok(output) if !String::from_utf8_lossy(&output.stderr).contains("mount:") => output,
         other => {
             eprintln!("SKIPPED read_only_old_database_still_read: no read-only bind mount in a namespace: {other:?}");

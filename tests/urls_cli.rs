@@ -8,24 +8,12 @@ use support::dsevents;
 /// Every kind's event name, slug and older names ("; " separated, as the
 /// CSV prints them), in catalogue order.
 const EVENTS: [(&str, &str, &str); 18] = [
-    (
-        "Contact Created or Updated",
-        "contact-updated",
-        "New Contact",
-    ),
-    (
-        "Contact Create or Update Failed",
-        "contact-update-failed",
-        "",
-    ),
+    ("Contact Created or Updated", "contact-updated", "New Contact"),
+    ("Contact Create or Update Failed", "contact-update-failed", ""),
     ("Lead Created", "lead-created", "New Lead"),
     ("Lead Status Changed", "lead-status-changed", ""),
     ("Contact Status Changed", "contact-status-changed", ""),
-    (
-        "URL Shortener Clicked",
-        "link-clicked",
-        "Tracking Link Clicked",
-    ),
+    ("URL Shortener Clicked", "link-clicked", "Tracking Link Clicked"),
     ("Text Message Reply Received", "text-reply", ""),
     ("Email Address Bounced", "email-bounced", ""),
     ("Opted out of Email", "email-opt-out", ""),
@@ -45,9 +33,7 @@ const EVENTS: [(&str, &str, &str); 18] = [
 fn expected_csv(prefix: &str, suffix: &str) -> String {
     let mut text = String::from("event,kind,url,older_names\n");
     for (event, slug, older_names) in EVENTS {
-        text.push_str(&format!(
-            "{event},{slug},{prefix}{slug}{suffix},{older_names}\n"
-        ));
+        text.push_str(&format!("{event},{slug},{prefix}{slug}{suffix},{older_names}\n"));
     }
     text
 }
@@ -55,13 +41,7 @@ fn expected_csv(prefix: &str, suffix: &str) -> String {
 #[test]
 fn csv_lists_every_kind_exactly() {
     let run = dsevents(
-        &[
-            "urls",
-            "--base",
-            "https://hooks.example.com/",
-            "--token",
-            "s3cret",
-        ],
+        &["urls", "--base", "https://hooks.example.com/", "--token", "s3cret"],
         &[],
     );
     assert_eq!(run.code, Some(0), "{run}");
@@ -123,10 +103,7 @@ fn token_special_characters_are_percent_encoded() {
     let encoded = "p%40ss%20w%2Frd%26x%3D1%3F%23%25%2B%C3%A9~_.-";
     assert_eq!(
         run.stdout,
-        expected_csv(
-            "https://hooks.example.com/hooks/",
-            &format!("?token={encoded}")
-        ),
+        expected_csv("https://hooks.example.com/hooks/", &format!("?token={encoded}")),
         "{run}"
     );
 }
@@ -148,13 +125,7 @@ fn token_comes_from_environment() {
 #[test]
 fn token_option_overrides_environment() {
     let run = dsevents(
-        &[
-            "urls",
-            "--base",
-            "https://hooks.example.com",
-            "--token",
-            "option",
-        ],
+        &["urls", "--base", "https://hooks.example.com", "--token", "option"],
         &[("DSEVENTS_TOKEN", "environment")],
     );
     assert_eq!(run.code, Some(0), "{run}");
@@ -197,13 +168,7 @@ fn missing_token_prints_placeholder() {
 #[test]
 fn base_path_is_kept() {
     let run = dsevents(
-        &[
-            "urls",
-            "--base",
-            "https://example.com/dsevents/",
-            "--token",
-            "t",
-        ],
+        &["urls", "--base", "https://example.com/dsevents/", "--token", "t"],
         &[],
     );
     assert_eq!(run.code, Some(0), "{run}");
@@ -267,15 +232,8 @@ fn json_format_has_every_kind() {
     assert_eq!(items.len(), EVENTS.len(), "{run}");
     for (item, (event, slug, older_names)) in items.iter().zip(EVENTS) {
         assert_eq!(item["event"], event, "{run}");
-        let expected_older: Vec<&str> = older_names
-            .split("; ")
-            .filter(|name| !name.is_empty())
-            .collect();
-        assert_eq!(
-            item["older_names"],
-            serde_json::json!(expected_older),
-            "{run}"
-        );
+        let expected_older: Vec<&str> = older_names.split("; ").filter(|name| !name.is_empty()).collect();
+        assert_eq!(item["older_names"], serde_json::json!(expected_older), "{run}");
         assert_eq!(item["kind"], slug, "{run}");
         assert_eq!(
             item["url"],
@@ -317,34 +275,15 @@ fn table_format_aligns_columns() {
 #[test]
 fn table_shows_older_event_names() {
     let run = dsevents(
-        &[
-            "urls",
-            "--base",
-            "https://hooks.example.com",
-            "--token",
-            "t",
-            "--format",
-            "table",
-        ],
+        &["urls", "--base", "https://hooks.example.com", "--token", "t", "--format", "table"],
         &[],
     );
     assert_eq!(run.code, Some(0), "{run}");
-    let clicked = run
-        .stdout
-        .lines()
-        .find(|line| line.contains("link-clicked"))
-        .expect("link-clicked line");
+    let clicked = run.stdout.lines().find(|line| line.contains("link-clicked")).expect("link-clicked line");
     assert!(
         clicked.starts_with("URL Shortener Clicked (formerly Tracking Link Clicked)  "),
         "{run}"
     );
-    let failed = run
-        .stdout
-        .lines()
-        .find(|line| line.contains("contact-update-failed"))
-        .expect("failed line");
-    assert!(
-        !failed.contains("formerly"),
-        "no older name, no note: {run}"
-    );
+    let failed = run.stdout.lines().find(|line| line.contains("contact-update-failed")).expect("failed line");
+    assert!(!failed.contains("formerly"), "no older name, no note: {run}");
 }

@@ -31,11 +31,7 @@ fn lead_that_is_not_a_number() {
 
 #[test]
 fn negative_limit_names_value() {
-    for command in [
-        &["query", "bounces"][..],
-        &["query", "events"],
-        &["query", "lead-status"],
-    ] {
+    for command in [&["query", "bounces"][..], &["query", "events"], &["query", "lead-status"]] {
         let mut args = command.to_vec();
         args.extend(["--limit", "-1"]);
         let stderr = usage_error(&args);
@@ -63,12 +59,7 @@ fn export_help_defaults_to_csv() {
 
 #[test]
 fn log_format_help_is_short() {
-    for command in [
-        &["status"][..],
-        &["export"],
-        &["query", "bounces"],
-        &["import"],
-    ] {
+    for command in [&["status"][..], &["export"], &["query", "bounces"], &["import"]] {
         let mut args = command.to_vec();
         args.push("--help");
         let text = help(&args);
@@ -76,8 +67,5 @@ fn log_format_help_is_short() {
         assert!(!text.contains("RUST_LOG"), "{text}");
     }
     let serve = help(&["serve", "--help"]);
-    assert!(
-        serve.contains("RUST_LOG"),
-        "serve explains its logs: {serve}"
-    );
+    assert!(serve.contains("RUST_LOG"), "serve explains its logs: {serve}");
 }

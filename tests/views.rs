@@ -35,52 +35,25 @@ fn rows(connection: &Connection, sql: &str) -> Vec<Vec<Option<String>>> {
     let mut statement = connection.prepare(sql).unwrap();
     let width = statement.column_count();
     statement
-        .query_map([], |row| {
-            (0..width)
-                .map(|index| row.get::<_, Value>(index).map(as_text))
-                .collect()
-        })
+        .query_map([], |row| (0..width).map(|index| row.get::<_, Value>(index).map(as_text)).collect())
         .unwrap()
         .collect::<rusqlite::Result<_>>()
         .unwrap()
 }
 
 fn text(values: &[Option<&str>]) -> Vec<Option<String>> {
-    values
-        .iter()
-        .map(|value| value.map(str::to_string))
-        .collect()
+    values.iter().map(|value| value.map(str::to_string)).collect()
 }
 
 #[test]
 fn lead_history_skips_retries() {
     let connection = database(&[
-        (
-            "lead-status-changed",
-            r#"{"id":7,"dsid":"c1","status":"New"}"#,
-            1,
-        ),
-        (
-            "lead-status-changed",
-            r#"{"id":8,"dsid":"c2","status":"New"}"#,
-            2,
-        ),
-        (
-            "lead-status-changed",
-            r#"{"id":7,"dsid":"c1","status":"Contacted"}"#,
-            3,
-        ),
+        ("lead-status-changed", r#"{"id":7,"dsid":"c1","status":"New"}"#, 1),
+        ("lead-status-changed", r#"{"id":8,"dsid":"c2","status":"New"}"#, 2),
+        ("lead-status-changed", r#"{"id":7,"dsid":"c1","status":"Contacted"}"#, 3),
         // A retry of the previous body: kept, marked, left out of the view.
-        (
-            "lead-status-changed",
-            r#"{"id":7,"dsid":"c1","status":"Contacted"}"#,
-            4,
-        ),
-        (
-            "lead-status-changed",
-            r#"{"id":7,"dsid":"c1","status":"Won"}"#,
-            5,
-        ),
+        ("lead-status-changed", r#"{"id":7,"dsid":"c1","status":"Contacted"}"#, 4),
+        ("lead-status-changed", r#"{"id":7,"dsid":"c1","status":"Won"}"#, 5),
     ]);
 
     let history = rows(
@@ -91,22 +64,11 @@ fn lead_history_skips_retries() {
         history,
         vec![
             text(&[None, Some("New"), Some("2026-03-01T14:01:00.000Z")]),
-            text(&[
-                Some("New"),
-                Some("Contacted"),
-                Some("2026-03-01T14:03:00.000Z")
-            ]),
-            text(&[
-                Some("Contacted"),
-                Some("Won"),
-                Some("2026-03-01T14:05:00.000Z")
-            ]),
+            text(&[Some("New"), Some("Contacted"), Some("2026-03-01T14:03:00.000Z")]),
+            text(&[Some("Contacted"), Some("Won"), Some("2026-03-01T14:05:00.000Z")]),
         ]
     );
-    let by_dsid = rows(
-        &connection,
-        "SELECT lead_id, previous_status, status FROM lead_status_history WHERE dsid = 'c2'",
-    );
+    let by_dsid = rows(&connection, "SELECT lead_id, previous_status, status FROM lead_status_history WHERE dsid = 'c2'");
     assert_eq!(by_dsid, vec![text(&[Some("8"), None, Some("New")])]);
 }
 
@@ -117,44 +79,19 @@ fn lead_history_orders_same_time_by_id() {
         ("lead-status-changed", r#"{"id":7,"status":"Lost"}"#, 1),
     ]);
 
-    let history = rows(
-        &connection,
-        "SELECT previous_status, status FROM lead_status_history ORDER BY delivery_id",
-    );
-    assert_eq!(
-        history,
-        vec![
-            text(&[None, Some("New")]),
-            text(&[Some("New"), Some("Lost")])
-        ]
-    );
+    let history = rows(&connection, "SELECT previous_status, status FROM lead_status_history ORDER BY delivery_id");
+    assert_eq!(history, vec![text(&[None, Some("New")]), text(&[Some("New"), Some("Lost")])]);
 }
 
 #[test]
 fn current_consent_takes_newest_change() {
     let connection = database(&[
-        (
-            "email-opt-out",
-            r#"{"dsid":"c1","email":"a@example.com"}"#,
-            1,
-        ),
-        (
-            "email-opt-in",
-            r#"{"dsid":"c1","email":"a@example.com"}"#,
-            2,
-        ),
+        ("email-opt-out", r#"{"dsid":"c1","email":"a@example.com"}"#, 1),
+        ("email-opt-in", r#"{"dsid":"c1","email":"a@example.com"}"#, 2),
         ("sms-opt-out", r#"{"dsid":"c1","mobile":"+15550100"}"#, 3),
-        (
-            "email-opt-out",
-            r#"{"dsid":"c2","email":"b@example.com"}"#,
-            4,
-        ),
+        ("email-opt-out", r#"{"dsid":"c2","email":"b@example.com"}"#, 4),
         // Retry: counted once in opt_outs.
-        (
-            "email-opt-out",
-            r#"{"dsid":"c2","email":"b@example.com"}"#,
-            5,
-        ),
+        ("email-opt-out", r#"{"dsid":"c2","email":"b@example.com"}"#, 5),
         // No dsid: keyed by the address.
         ("email-opt-out", r#"{"email":"c@example.com"}"#, 6),
         // Same minute as the opt-out above, so the later delivery wins.
@@ -168,36 +105,13 @@ fn current_consent_takes_newest_change() {
     assert_eq!(
         consent,
         vec![
-            text(&[
-                Some("c1"),
-                Some("email"),
-                Some("opted-in"),
-                Some("2026-03-01T14:02:00.000Z")
-            ]),
-            text(&[
-                Some("c1"),
-                Some("sms"),
-                Some("opted-out"),
-                Some("2026-03-01T14:03:00.000Z")
-            ]),
-            text(&[
-                Some("c2"),
-                Some("email"),
-                Some("opted-out"),
-                Some("2026-03-01T14:04:00.000Z")
-            ]),
-            text(&[
-                Some("c@example.com"),
-                Some("email"),
-                Some("opted-in"),
-                Some("2026-03-01T14:06:00.000Z")
-            ]),
+            text(&[Some("c1"), Some("email"), Some("opted-in"), Some("2026-03-01T14:02:00.000Z")]),
+            text(&[Some("c1"), Some("sms"), Some("opted-out"), Some("2026-03-01T14:03:00.000Z")]),
+            text(&[Some("c2"), Some("email"), Some("opted-out"), Some("2026-03-01T14:04:00.000Z")]),
+            text(&[Some("c@example.com"), Some("email"), Some("opted-in"), Some("2026-03-01T14:06:00.000Z")]),
         ]
     );
-    let opt_outs = rows(
-        &connection,
-        "SELECT channel, dsid, address FROM opt_outs ORDER BY delivery_id",
-    );
+    let opt_outs = rows(&connection, "SELECT channel, dsid, address FROM opt_outs ORDER BY delivery_id");
     assert_eq!(
         opt_outs,
         vec![
@@ -222,15 +136,9 @@ fn report_views_use_indexes() {
     };
 
     let by_lead = plan("SELECT * FROM lead_status_history WHERE lead_id = 7");
-    assert!(
-        by_lead.contains("USING COVERING INDEX lead_status_changes_lead (lead_id=?)"),
-        "{by_lead}"
-    );
+    assert!(by_lead.contains("USING COVERING INDEX lead_status_changes_lead (lead_id=?)"), "{by_lead}");
     let by_dsid = plan("SELECT * FROM lead_status_history WHERE dsid = 'c1'");
-    assert!(
-        by_dsid.contains("USING INDEX lead_status_changes_dsid (dsid=?)"),
-        "{by_dsid}"
-    );
+    assert!(by_dsid.contains("USING INDEX lead_status_changes_dsid (dsid=?)"), "{by_dsid}");
     let opt_outs = plan("SELECT * FROM opt_outs");
     assert!(opt_outs.contains("deliveries_duplicates"), "{opt_outs}");
     assert!(!opt_outs.contains("SEARCH d "), "{opt_outs}");

@@ -26,9 +26,8 @@ use mio::net::{TcpListener as PollListener, TcpStream as PollStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::{
-    bad_request, check_head, encode_response, find_head_end, has_bare_line_feed, parse_head,
-    skip_empty_lines, too_large_head, ChunkedBody, Framing, Handler, Head, Limits, Rejection,
-    Response,
+    bad_request, check_head, encode_response, find_head_end, has_bare_line_feed, parse_head, skip_empty_lines,
+    too_large_head, ChunkedBody, Framing, Handler, Head, Limits, Rejection, Response,
 };
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -107,11 +106,8 @@ impl Drop for Later {
         // A handler that answered at once drops its Later too. The loop
         // ignores this answer then, as the request no longer waits.
         if let Some(answers) = self.answers.take() {
-            let response = Response::error(
-                503,
-                "store unavailable: the request was dropped without an answer",
-            )
-            .with_header("Retry-After", "5");
+            let response = Response::error(503, "store unavailable: the request was dropped without an answer")
+                .with_header("Retry-After", "5");
             answers.push(self.token, self.request, response);
         }
     }
@@ -125,19 +121,10 @@ enum State {
     /// `searched` bytes hold no end of head.
     Head { arrived: Instant, searched: usize },
     /// Reading the body of `head`.
-    Body {
-        head: Head,
-        arrived: Instant,
-        chunked: Option<ChunkedBody>,
-    },
+    Body { head: Head, arrived: Instant, chunked: Option<ChunkedBody> },
     /// The handler answers through a `Later`; `request` tells that answer
     /// from a stale one.
-    Waiting {
-        head: Head,
-        arrived: Instant,
-        body_bytes: usize,
-        request: u64,
-    },
+    Waiting { head: Head, arrived: Instant, body_bytes: usize, request: u64 },
     /// The write side is shut after a closing response. Bytes still
     /// arriving are read and dropped until the peer closes.
     Draining { drained: usize },
@@ -211,8 +198,7 @@ pub fn serve(
     let mut listener = Some(PollListener::from_std(listener));
     let poll = Poll::new()?;
     if let Some(listener) = listener.as_mut() {
-        poll.registry()
-            .register(listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(listener, LISTENER, Interest::READABLE)?;
     }
     let waker = Waker::new(poll.registry(), WAKER)?;
     let mut events = Events::with_capacity(1024);
@@ -220,11 +206,7 @@ pub fn serve(
         poll,
         handler: handler.as_ref(),
         limits: &limits,
-        answers: Arc::new(Answers {
-            queue: Mutex::new(Vec::new()),
-            waker,
-            woken: AtomicBool::new(false),
-        }),
+        answers: Arc::new(Answers { queue: Mutex::new(Vec::new()), waker, woken: AtomicBool::new(false) }),
         connections: Vec::new(),
         free: Vec::new(),
         open: 0,
@@ -337,10 +319,7 @@ impl EventLoop<'_> {
                 Err(error) => {
                     // Out of file descriptors, accept fails until
                     // connections close: log it once a minute with a count.
-                    self.throttle.error(
-                        &format!("accept {:?}", error.kind()),
-                        &format!("accept failed: {error}"),
-                    );
+                    self.throttle.error(&format!("accept {:?}", error.kind()), &format!("accept failed: {error}"));
                     return Some(Instant::now() + ACCEPT_RETRY);
                 }
             }
@@ -349,10 +328,9 @@ impl EventLoop<'_> {
 
     fn admit(&mut self, mut stream: PollStream, peer: SocketAddr) {
         if self.open >= self.limits.max_connections || self.shutting_down {
-            let response =
-                Response::error(503, "server busy: too many open connections; retry later")
-                    .with_header("Retry-After", "1")
-                    .closing();
+            let response = Response::error(503, "server busy: too many open connections; retry later")
+                .with_header("Retry-After", "1")
+                .closing();
             let mut bytes = Vec::new();
             encode_response(&response, true, &mut bytes);
             // Best effort: the client is refused either way, and a new
@@ -369,15 +347,8 @@ impl EventLoop<'_> {
             self.connections.push(None);
             self.connections.len() - 1
         });
-        if let Err(error) =
-            self.poll
-                .registry()
-                .register(&mut stream, Token(index), Interest::READABLE)
-        {
-            self.throttle.error(
-                "register",
-                &format!("cannot watch a new connection, dropped: {error}"),
-            );
+        if let Err(error) = self.poll.registry().register(&mut stream, Token(index), Interest::READABLE) {
+            self.throttle.error("register", &format!("cannot watch a new connection, dropped: {error}"));
             self.free.push(index);
             return;
         }
@@ -501,10 +472,7 @@ impl EventLoop<'_> {
     /// loop then watches it for room.
     fn flush(&mut self, connection: &mut Connection, index: usize) -> io::Result<bool> {
         while connection.written < connection.output.len() {
-            match connection
-                .stream
-                .write(&connection.output[connection.written..])
-            {
+            match connection.stream.write(&connection.output[connection.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(count) => connection.written += count,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -517,8 +485,7 @@ impl EventLoop<'_> {
                         connection.wants_writable = true;
                     }
                     if connection.write_deadline.is_none() {
-                        connection.write_deadline =
-                            Some(Instant::now() + self.limits.write_timeout);
+                        connection.write_deadline = Some(Instant::now() + self.limits.write_timeout);
                     }
                     return Ok(false);
                 }
@@ -530,11 +497,7 @@ impl EventLoop<'_> {
         connection.written = 0;
         connection.write_deadline = None;
         if connection.wants_writable {
-            self.poll.registry().reregister(
-                &mut connection.stream,
-                Token(index),
-                Interest::READABLE,
-            )?;
+            self.poll.registry().reregister(&mut connection.stream, Token(index), Interest::READABLE)?;
             connection.wants_writable = false;
         }
         Ok(true)
@@ -557,35 +520,20 @@ impl EventLoop<'_> {
                 if connection.input.is_empty() {
                     connection.state = State::Idle;
                     // A connection between requests is done once serve stops.
-                    return if self.shutting_down {
-                        Step::Close
-                    } else {
-                        Step::Bytes
-                    };
+                    return if self.shutting_down { Step::Close } else { Step::Bytes };
                 }
                 let now = Instant::now();
-                connection.state = State::Head {
-                    arrived: now,
-                    searched: 0,
-                };
+                connection.state = State::Head { arrived: now, searched: 0 };
                 connection.deadline = now + self.limits.header_timeout;
                 Step::Continue
             }
             State::Head { arrived, searched } => self.read_head(connection, arrived, searched),
-            State::Body {
-                head,
-                arrived,
-                mut chunked,
-            } => {
+            State::Body { head, arrived, mut chunked } => {
                 let body = match chunked.as_mut() {
                     Some(decoder) => match decoder.advance(&mut connection.input, self.limits) {
                         Ok(Some(body)) => body,
                         Ok(None) => {
-                            connection.state = State::Body {
-                                head,
-                                arrived,
-                                chunked,
-                            };
+                            connection.state = State::Body { head, arrived, chunked };
                             return Step::Bytes;
                         }
                         Err(Rejection(response)) => {
@@ -597,11 +545,7 @@ impl EventLoop<'_> {
                         // Checked against max_body with the head.
                         let length = head.content_length().unwrap_or(0) as usize;
                         if connection.input.len() < length {
-                            connection.state = State::Body {
-                                head,
-                                arrived,
-                                chunked,
-                            };
+                            connection.state = State::Body { head, arrived, chunked };
                             return Step::Bytes;
                         }
                         let rest = connection.input.split_off(length);
@@ -613,20 +557,14 @@ impl EventLoop<'_> {
         }
     }
 
-    fn read_head(
-        &mut self,
-        connection: &mut Connection,
-        arrived: Instant,
-        searched: usize,
-    ) -> Step {
+    fn read_head(&mut self, connection: &mut Connection, arrived: Instant, searched: usize) -> Step {
         let input = &connection.input;
         let end = find_head_end(input, searched);
         // httparse also accepts LF alone as a line ending, so it could end
         // the head before this search does. Rejecting such a request keeps
         // the two in agreement on where the body starts.
         if has_bare_line_feed(&input[..end.unwrap_or(input.len())], searched) {
-            let Rejection(response) =
-                bad_request("a line of the request head ends with LF alone; end lines with CRLF");
+            let Rejection(response) = bad_request("a line of the request head ends with LF alone; end lines with CRLF");
             self.respond(connection, None, response.closing(), 0, arrived);
             return Step::Continue;
         }
@@ -636,10 +574,7 @@ impl EventLoop<'_> {
                 self.respond(connection, None, response.closing(), 0, arrived);
                 return Step::Continue;
             }
-            connection.state = State::Head {
-                arrived,
-                searched: input.len().saturating_sub(3),
-            };
+            connection.state = State::Head { arrived, searched: input.len().saturating_sub(3) };
             return Step::Bytes;
         };
         let head = match parse_head(&input[..end], connection.peer) {
@@ -660,16 +595,10 @@ impl EventLoop<'_> {
             return Step::Continue;
         }
         if head.has_body() && head.header("expect").is_some() {
-            connection
-                .output
-                .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            connection.output.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         let chunked = (head.body == Framing::Chunked).then(ChunkedBody::default);
-        connection.state = State::Body {
-            head,
-            arrived,
-            chunked,
-        };
+        connection.state = State::Body { head, arrived, chunked };
         connection.deadline = Instant::now() + self.limits.body_timeout;
         Step::Continue
     }
@@ -685,23 +614,14 @@ impl EventLoop<'_> {
         let body_bytes = body.len();
         let request = self.next_request;
         self.next_request += 1;
-        let later = Later {
-            answers: Some(Arc::clone(&self.answers)),
-            token: Token(index),
-            request,
-        };
+        let later = Later { answers: Some(Arc::clone(&self.answers)), token: Token(index), request };
         match self.handler.handle(&head, body, later) {
             Some(response) => {
                 self.respond(connection, Some(&head), response, body_bytes, arrived);
                 Step::Continue
             }
             None => {
-                connection.state = State::Waiting {
-                    head,
-                    arrived,
-                    body_bytes,
-                    request,
-                };
+                connection.state = State::Waiting { head, arrived, body_bytes, request };
                 connection.deadline = Instant::now() + self.limits.answer_timeout;
                 Step::Answer
             }
@@ -726,8 +646,7 @@ impl EventLoop<'_> {
         if !response.close && head.is_some_and(|head| head.minor_version == 0) {
             response = response.with_header("Connection", "keep-alive");
         }
-        self.handler
-            .record(head, response.status, body_bytes, arrived.elapsed());
+        self.handler.record(head, response.status, body_bytes, arrived.elapsed());
         // A response to HEAD carries the headers of the GET response and no body.
         let with_body = head.is_none_or(|head| head.method != "HEAD");
         encode_response(&response, with_body, &mut connection.output);
@@ -744,19 +663,14 @@ impl EventLoop<'_> {
             };
             // Otherwise the request timed out or its connection closed, and
             // the slot may hold another connection now.
-            if !matches!(connection.state, State::Waiting { request: waiting, .. } if waiting == request)
-            {
+            if !matches!(connection.state, State::Waiting { request: waiting, .. } if waiting == request) {
                 continue;
             }
             let Some(mut connection) = self.connections[index].take() else {
                 continue;
             };
-            if let State::Waiting {
-                head,
-                arrived,
-                body_bytes,
-                ..
-            } = std::mem::replace(&mut connection.state, State::Gone)
+            if let State::Waiting { head, arrived, body_bytes, .. } =
+                std::mem::replace(&mut connection.state, State::Gone)
             {
                 self.respond(&mut connection, Some(&head), response, body_bytes, arrived);
             }
@@ -771,9 +685,7 @@ impl EventLoop<'_> {
             let Some(connection) = &self.connections[index] else {
                 continue;
             };
-            let write_late = connection
-                .write_deadline
-                .is_some_and(|deadline| now >= deadline);
+            let write_late = connection.write_deadline.is_some_and(|deadline| now >= deadline);
             if !write_late && now < connection.deadline {
                 continue;
             }
@@ -781,10 +693,7 @@ impl EventLoop<'_> {
                 continue;
             };
             if write_late {
-                debug!(
-                    "connection from {} closed: the response was not taken in time",
-                    connection.peer
-                );
+                debug!("connection from {} closed: the response was not taken in time", connection.peer);
                 self.close(index, connection);
                 continue;
             }
@@ -796,21 +705,14 @@ impl EventLoop<'_> {
                     continue;
                 }
                 State::Head { arrived, .. } => {
-                    let response =
-                        Response::error(408, "request head not received in time").closing();
+                    let response = Response::error(408, "request head not received in time").closing();
                     self.respond(&mut connection, None, response, 0, arrived);
                 }
                 State::Body { head, arrived, .. } => {
-                    let response =
-                        Response::error(408, "request body not received in time").closing();
+                    let response = Response::error(408, "request body not received in time").closing();
                     self.respond(&mut connection, Some(&head), response, 0, arrived);
                 }
-                State::Waiting {
-                    head,
-                    arrived,
-                    body_bytes,
-                    ..
-                } => {
+                State::Waiting { head, arrived, body_bytes, .. } => {
                     let reason = format!(
                         "store unavailable: the write was not committed within {} s",
                         self.limits.answer_timeout.as_secs()

@@ -31,12 +31,7 @@ impl Server {
     /// Starts `serve` on `db`, which may already exist.
     pub fn start_on(dir: tempfile::TempDir, db: PathBuf, extra: &[&str]) -> Server {
         let (child, address) = spawn_serve(&db, extra, &[]);
-        Server {
-            child,
-            address,
-            db,
-            dir,
-        }
+        Server { child, address, db, dir }
     }
 
     /// Starts `serve` on a new temporary database with extra environment
@@ -45,12 +40,7 @@ impl Server {
         let dir = tempfile::tempdir().expect("create temp dir");
         let db = dir.path().join("events.db");
         let (child, address) = spawn_serve(&db, extra, env);
-        Server {
-            child,
-            address,
-            db,
-            dir,
-        }
+        Server { child, address, db, dir }
     }
 
     /// Kills the server with SIGKILL and starts it again on the same file.
@@ -72,17 +62,8 @@ impl Server {
         self.request("POST", path, &[("Content-Type", "application/json")], body)
     }
 
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Reply {
-        let mut bytes = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.address
-        );
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut bytes = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.address);
         for (name, value) in headers {
             bytes.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -101,18 +82,14 @@ impl Server {
 
     pub fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(self.address).expect("connect to serve");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("set timeout");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("set timeout");
         stream
     }
 
     /// Opens the database the way a user's SQLite tool would.
     pub fn db(&self) -> rusqlite::Connection {
         let connection = rusqlite::Connection::open(&self.db).expect("open database");
-        connection
-            .busy_timeout(Duration::from_secs(5))
-            .expect("busy timeout");
+        connection.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
         connection
     }
 
@@ -126,10 +103,7 @@ impl Server {
 
     /// Sends a signal to this server's process.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("run kill");
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().expect("run kill");
         assert!(status.success(), "kill -{signal} failed");
     }
 
@@ -162,9 +136,7 @@ fn spawn_serve(db: &Path, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (
     let mut child = command.spawn().expect("start dsevents serve");
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listening line");
+    BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
     let address = line
         .trim()
         .rsplit("http://")
@@ -192,15 +164,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|error| panic!("response is not JSON ({error}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|error| panic!("response is not JSON ({error}): {}", self.body))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
     }
 }
 
@@ -215,20 +183,13 @@ pub fn read_reply(stream: &mut TcpStream) -> std::io::Result<Reply> {
             let mut chunk = [0u8; 4096];
             let count = stream.read(&mut chunk)?;
             if count == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("closed after {buffer:?}"),
-                ));
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("closed after {buffer:?}")));
             }
             buffer.extend_from_slice(&chunk[..count]);
         };
         let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
         let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|line| line.split(' ').nth(1))
-            .and_then(|code| code.parse().ok())
-            .expect("status line");
+        let status: u16 = lines.next().and_then(|line| line.split(' ').nth(1)).and_then(|code| code.parse().ok()).expect("status line");
         let headers: Vec<(String, String)> = lines
             .filter(|line| !line.is_empty())
             .filter_map(|line| line.split_once(':'))
@@ -252,11 +213,7 @@ pub fn read_reply(stream: &mut TcpStream) -> std::io::Result<Reply> {
             buffer.extend_from_slice(&chunk[..count]);
         }
         let body = String::from_utf8_lossy(&buffer[..length.min(buffer.len())]).to_string();
-        return Ok(Reply {
-            status,
-            headers,
-            body,
-        });
+        return Ok(Reply { status, headers, body });
     }
 }
 
@@ -283,9 +240,7 @@ pub fn describe(args: &[&str], output: &Output) -> String {
 
 /// Returns the fixture body at `tests/fixtures/{relative}`.
 pub fn fixture(relative: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(relative);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(relative);
     std::fs::read(&path).unwrap_or_else(|error| panic!("read fixture {}: {error}", path.display()))
 }
 

@@ -31,10 +31,7 @@ impl std::fmt::Display for Run {
 /// DSEVENTS_TOKEN from the test's own environment, plus the given variables.
 pub fn dsevents(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dsevents"));
-    command
-        .args(args)
-        .env_remove("DSEVENTS_TOKEN")
-        .stdin(Stdio::null());
+    command.args(args).env_remove("DSEVENTS_TOKEN").stdin(Stdio::null());
     for (name, value) in env {
         command.env(name, value);
     }
@@ -57,8 +54,7 @@ pub fn run(mut command: Command) -> Run {
 
 /// Returns the bytes of the sample fixture of `slug`.
 pub fn fixture(slug: &str) -> Vec<u8> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/samples/{slug}.json"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/samples/{slug}.json"));
     std::fs::read(&path).unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()))
 }
 

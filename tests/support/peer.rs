@@ -87,12 +87,7 @@ impl Drop for Peer {
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    sender: Sender<Request>,
-    respond: Arc<Responder>,
-    stopping: Arc<AtomicBool>,
-) {
+fn accept_loop(listener: TcpListener, sender: Sender<Request>, respond: Arc<Responder>, stopping: Arc<AtomicBool>) {
     for stream in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             return;
