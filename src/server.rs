@@ -311,11 +311,9 @@ impl App {
             Ok(connection) => connection,
             Err(poisoned) => poisoned.into_inner(),
         };
-        match connection.query_row(
-            "SELECT count(*) FROM deliveries WHERE id = (SELECT max(id) FROM deliveries)",
-            [],
-            |row| row.get::<_, i64>(0),
-        ) {
+        match connection.query_row("SELECT count(*) FROM deliveries WHERE id = (SELECT max(id) FROM deliveries)", [], |row| {
+            row.get::<_, i64>(0)
+        }) {
             Ok(_) => match self.writer.failure() {
                 None => Response::json(200, &json!({ "status": "ok" })),
                 Some(reason) => Response::json(503, &json!({ "status": "failing", "error": reason })),

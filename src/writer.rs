@@ -3,10 +3,11 @@
 //! durable before their handlers respond.
 //!
 //! Request handlers parse a delivery and hand it over with
-//! `WriterHandle::submit`, with the reply to call once it is on disk. The writer takes every delivery waiting at that moment (up to
-//! `max_batch`), writes them in one IMMEDIATE transaction and commits. One
-//! fsync thus covers many deliveries, yet a lone delivery on an idle server
-//! is written at once, never held back waiting for company.
+//! `WriterHandle::submit`, with the reply to call once it is on disk. The
+//! writer takes every delivery waiting at that moment (up to `max_batch`),
+//! writes them in one IMMEDIATE transaction and commits. One fsync thus
+//! covers many deliveries, yet a lone delivery on an idle server is written
+//! at once, never held back waiting for company.
 //!
 //! # Durability: the same promise as synchronous=FULL, with the fsync moved
 //!
@@ -110,9 +111,9 @@ enum Message {
     Stop,
 }
 
-/// The callback that receives the result of a delivery: called once, on the writer's
-/// or the syncer's thread, with its receipt once it is on disk, or with the
-/// reason it must not be acknowledged.
+/// The callback that receives the result of a delivery. It is called once,
+/// on the writer's or the syncer's thread, with the receipt once the
+/// delivery is on disk, or with the reason it must not be acknowledged.
 pub type Reply = Box<dyn FnOnce(Result<Receipt, String>) + Send>;
 
 struct Job {
