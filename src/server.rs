@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use ipnet::IpNet;
-use log::{debug, info};
+use log::{debug, info, warn};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -61,7 +61,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_window)]
     pub duplicate_window: chrono::Duration,
 
-    /// Connections served at once. More get 503.
+    /// Connections served at once. More get 503. serve raises its open
+    /// files limit to fit them, or serves fewer with a warning.
     #[arg(long, default_value_t = 1024, value_name = "COUNT", value_parser = parse_count)]
     pub max_connections: usize,
 
@@ -142,6 +143,67 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Open files `serve` needs besides its connections: the standard streams,
+/// the listener, epoll and its waker, and a database, WAL and shared-memory
+/// file for each SQLite connection.
+/// NOTE: an estimate with room to spare; serve had 15 open at start.
+const RESERVED_OPEN_FILES: libc::rlim_t = 64;
+
+/// Raises the soft limit of open files toward the hard limit so that
+/// `max_connections` connections fit. Returns how many connections fit
+/// under the limit reached: `max_connections`, or fewer with a warning.
+/// A client past that number then gets 503 instead of waiting unaccepted
+/// in the listen backlog.
+fn fit_open_files_limit(max_connections: usize) -> usize {
+    let needed = max_connections as libc::rlim_t + RESERVED_OPEN_FILES;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        warn!(
+            "failed to read the open files limit ({}); --max-connections {max_connections} may not be reached",
+            std::io::Error::last_os_error()
+        );
+        return max_connections;
+    }
+    let soft = limit.rlim_cur;
+    if soft >= needed {
+        return max_connections;
+    }
+
+    let raised = needed.min(limit.rlim_max);
+    if raised > soft {
+        let new_limit = libc::rlimit {
+            rlim_cur: raised,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads only the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new_limit) } == 0 {
+            debug!("raised the open files limit from {soft} to {raised}");
+            limit.rlim_cur = raised;
+        } else {
+            warn!(
+                "failed to raise the open files limit from {soft} to {raised}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    if limit.rlim_cur >= needed {
+        return max_connections;
+    }
+
+    let fitting = limit.rlim_cur.saturating_sub(RESERVED_OPEN_FILES).max(1) as usize;
+    warn!(
+        "the open files limit is {} (hard limit {}), too low for --max-connections \
+         {max_connections}; serving at most {fitting} connections, and more get 503. \
+         Raise it with ulimit -n or LimitNOFILE= in the systemd unit",
+        limit.rlim_cur, limit.rlim_max
+    );
+    fitting
+}
+
 /// Runs `serve` until SIGTERM or SIGINT.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if args.token.is_none() && !args.listen.ip().is_loopback() && !args.allow_unauthenticated {
@@ -157,6 +219,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     limit_malloc_arenas();
+    let max_connections = fit_open_files_limit(args.max_connections);
     let path = args.db.db.clone();
     let connection = store::open_or_create(&path)?;
     let health = store::open_existing(&path)?;
@@ -189,7 +252,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(args.idle_timeout),
         write_timeout: Duration::from_secs(args.read_timeout),
         answer_timeout: Duration::from_secs(30),
-        max_connections: args.max_connections,
+        max_connections,
     };
 
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -1,6 +1,7 @@
 //! Connection handling of `serve`'s event loop under hostile and unusual
 //! clients: chunk sizes that overflow, HTTP/1.0 keep-alive, clients that
-//! never read, and shutdown with pipelined deliveries.
+//! never read, shutdown with pipelined deliveries, and a limit of open
+//! files below --max-connections.
 //!
 //! Every test runs the real binary on 127.0.0.1 with a temporary database.
 
@@ -251,4 +252,126 @@ fn closed_while_committing_frees_slot() {
         );
     }
     assert_healthy(&server);
+}
+
+/// Starts `serve` after `ulimit ULIMIT_ARGUMENTS` in sh, such as `-Sn 256`
+/// for a soft limit of 256 open files, on a new database and port 0.
+/// Returns the process, its address and the directory of the database.
+fn spawn_with_open_files_limit(
+    ulimit_arguments: &str,
+    extra: &[&str],
+) -> (std::process::Child, std::net::SocketAddr, tempfile::TempDir) {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let db = dir.path().join("events.db");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit {ulimit_arguments} && exec \"$0\" \"$@\""))
+        .arg(common::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .args(extra)
+        .env_remove("DSEVENTS_TOKEN")
+        .env_remove("DSEVENTS_DB")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dsevents serve under sh");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let address = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or_else(|| panic!("serve printed no address, got {line:?}"));
+    (child, address, dir)
+}
+
+/// With a soft limit of 256 open files, `--max-connections 300` could not
+/// be reached. Many systems give shells a soft limit of 1024, below the
+/// default of 1024 connections plus serve's own files. Accept failed with
+/// EMFILE at about 240 connections, and every later client waited in the
+/// listen backlog with no response, not even the documented 503.
+#[test]
+fn open_files_limit_below_max_connections() {
+    const CONNECTIONS: usize = 300;
+    let (mut child, address, _dir) =
+        spawn_with_open_files_limit("-Sn 256", &["--max-connections", "300"]);
+
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        held.push(TcpStream::connect(address).expect("connect to serve"));
+    }
+    let last = held.last_mut().expect("at least one connection");
+    last.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set read timeout");
+    last.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("send request on the last connection");
+    let last_reply = read_reply(last);
+
+    let mut extra = TcpStream::connect(address).expect("connect past the limit");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set read timeout");
+    let extra_reply = read_reply(&mut extra);
+
+    drop(held);
+    drop(extra);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let last_status = last_reply
+        .expect("connection 300 of 300 got no response within 5 s")
+        .status;
+    assert!(
+        last_status == 200 || last_status == 503,
+        "connection 300 got status {last_status}"
+    );
+    let extra_status = extra_reply
+        .expect("connection 301 got no response within 5 s")
+        .status;
+    assert_eq!(extra_status, 503);
+}
+
+/// With a hard limit of 256 open files, serve cannot hold 300 connections.
+/// It serves as many as fit with room for its own files, and responds to
+/// the clients past them with 503 instead of leaving them unaccepted.
+#[test]
+fn open_files_hard_limit_gives_503() {
+    const CONNECTIONS: usize = 300;
+    let (mut child, address, _dir) =
+        spawn_with_open_files_limit("-n 256", &["--max-connections", "300"]);
+
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let stream = TcpStream::connect(address).expect("connect to serve");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("set read timeout");
+        held.push(stream);
+    }
+    let mut first = held.remove(0);
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("send request on the first connection");
+    let first_reply = read_reply(&mut first);
+    let mut last = held.pop().expect("more than one connection");
+    let last_reply = read_reply(&mut last);
+
+    drop(held);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let first_status = first_reply
+        .expect("connection 1 got no response within 5 s")
+        .status;
+    assert_eq!(first_status, 200);
+    let last_status = last_reply
+        .expect("connection 300 got no response within 5 s")
+        .status;
+    assert_eq!(last_status, 503);
 }
