@@ -62,7 +62,7 @@ pub struct ImportArgs {
     pub received_at_field: Option<String>,
 
     /// A body identical to one received this long before it, for the same
-    /// kind, is stored and marked as its duplicate (s, m, h, d; 0 disables).
+    /// kind, is stored and marked as its duplicate (s, m, h, d or w; 0 disables).
     #[arg(long, default_value = "24h", value_name = "DURATION", allow_hyphen_values = true)]
     pub duplicate_window: String,
 }

@@ -51,13 +51,13 @@ pub struct ServeArgs {
     #[arg(long = "allow-from", value_name = "CIDR", value_parser = parse_network)]
     pub allow_from: Vec<IpNet>,
 
-    /// Largest accepted body, in bytes; K, KiB, M and MiB suffixes are
-    /// accepted. Larger bodies get 413 and are not stored.
+    /// Largest accepted body, in bytes. K, KB and KiB mean 1024 bytes, and
+    /// M, MB and MiB 1024 KiB. Larger bodies get 413 and are not stored.
     #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = parse_size)]
     pub max_body: usize,
 
     /// A body identical to one received this long ago or less, for the same
-    /// kind, is stored and marked as its duplicate (s, m, h, d; 0 disables).
+    /// kind, is stored and marked as its duplicate (s, m, h, d or w; 0 disables).
     #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_window)]
     pub duplicate_window: chrono::Duration,
 
