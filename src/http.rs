@@ -5,7 +5,7 @@
 //! ambiguous framing, and a user of it cannot change that from outside. So
 //! this module reads requests itself with `httparse` (the parser hyper
 //! uses), on non-blocking sockets that one thread serves in an event loop
-//! (`event_loop`). A request that waits for its commit holds no thread:
+//! (`event_loop`). A request that waits for its commit ties up no thread:
 //! the writer answers it through a `Later`.
 //!
 //! * The request head must arrive within `Limits::header_timeout` of its
@@ -164,7 +164,7 @@ pub trait Handler: Send + Sync + 'static {
     fn record(&self, head: Option<&Head>, status: u16, body_bytes: usize, elapsed: Duration);
 }
 
-/// A request that is bad, with the response that says why. The
+/// A request that is bad, with the response that explains why. The
 /// connection closes after it.
 struct Rejection(Response);
 

@@ -363,7 +363,7 @@ fn open_for_sync(path: &Path) -> std::io::Result<(File, u64, u64)> {
 /// a PASSIVE checkpoint on a connection of its own, while the writer goes
 /// on committing.
 ///
-/// Once the WAL holds `WAL_RESTART_PAGES`, it repeats the checkpoint at
+/// Once the WAL contains `WAL_RESTART_PAGES`, it repeats the checkpoint at
 /// once, each pass copying only what was committed during the one before,
 /// until a pass has at most `RESTART_BACKLOG_PAGES` to copy. Then it sets
 /// `restart`, and the writer's own checkpoint has about as few pages left:

@@ -261,8 +261,6 @@ fn spawn_with_open_files_limit(
     ulimit_arguments: &str,
     extra: &[&str],
 ) -> (std::process::Child, std::net::SocketAddr, tempfile::TempDir) {
-    use std::io::BufRead;
-
     let dir = tempfile::tempdir().expect("create temp dir");
     let db = dir.path().join("events.db");
     let mut child = std::process::Command::new("sh")
@@ -278,16 +276,7 @@ fn spawn_with_open_files_limit(
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start dsevents serve under sh");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout is piped"))
-        .read_line(&mut line)
-        .expect("read the listening line");
-    let address = line
-        .trim()
-        .rsplit("http://")
-        .next()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| panic!("serve printed no address, got {line:?}"));
+    let address = common::read_listening_address(&mut child);
     (child, address, dir)
 }
 
@@ -302,11 +291,11 @@ fn open_files_limit_below_max_connections() {
     let (mut child, address, _dir) =
         spawn_with_open_files_limit("-Sn 256", &["--max-connections", "300"]);
 
-    let mut held = Vec::new();
+    let mut open_connections = Vec::new();
     for _ in 0..CONNECTIONS {
-        held.push(TcpStream::connect(address).expect("connect to serve"));
+        open_connections.push(TcpStream::connect(address).expect("connect to serve"));
     }
-    let last = held.last_mut().expect("at least one connection");
+    let last = open_connections.last_mut().expect("at least one connection");
     last.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("set read timeout");
     last.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -319,7 +308,7 @@ fn open_files_limit_below_max_connections() {
         .expect("set read timeout");
     let extra_reply = read_reply(&mut extra);
 
-    drop(held);
+    drop(open_connections);
     drop(extra);
     let _ = child.kill();
     let _ = child.wait();
@@ -346,23 +335,23 @@ fn open_files_hard_limit_gives_503() {
     let (mut child, address, _dir) =
         spawn_with_open_files_limit("-n 256", &["--max-connections", "300"]);
 
-    let mut held = Vec::new();
+    let mut open_connections = Vec::new();
     for _ in 0..CONNECTIONS {
         let stream = TcpStream::connect(address).expect("connect to serve");
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("set read timeout");
-        held.push(stream);
+        open_connections.push(stream);
     }
-    let mut first = held.remove(0);
+    let mut first = open_connections.remove(0);
     first
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .expect("send request on the first connection");
     let first_reply = read_reply(&mut first);
-    let mut last = held.pop().expect("more than one connection");
+    let mut last = open_connections.pop().expect("more than one connection");
     let last_reply = read_reply(&mut last);
 
-    drop(held);
+    drop(open_connections);
     let _ = child.kill();
     let _ = child.wait();
 

@@ -294,7 +294,7 @@ pub fn serve(
 }
 
 /// Connects to the listener at `address` to wake the event loop, so that
-/// it sees the shutdown flag at once rather than at its next tick.
+/// it reads the shutdown flag at once rather than at its next tick.
 pub fn wake_listener(address: SocketAddr) {
     let mut target = address;
     if target.ip().is_unspecified() {
@@ -658,24 +658,22 @@ impl EventLoop<'_> {
     /// Sends the answers that other threads queued.
     fn send_answers(&mut self) {
         for (Token(index), request, response) in self.answers.take() {
-            let Some(Some(connection)) = self.connections.get_mut(index) else {
+            let Some(mut connection) = self.connections.get_mut(index).and_then(Option::take) else {
                 continue;
             };
-            // Otherwise the request timed out or its connection closed, and
-            // the slot may hold another connection now.
-            if !matches!(connection.state, State::Waiting { request: waiting, .. } if waiting == request) {
-                continue;
+            match std::mem::replace(&mut connection.state, State::Gone) {
+                State::Waiting { head, arrived, body_bytes, request: waiting } if waiting == request => {
+                    self.respond(&mut connection, Some(&head), response, body_bytes, arrived);
+                    self.connections[index] = Some(connection);
+                    self.drive(index);
+                }
+                // The request timed out or its connection closed, and the
+                // slot may hold another connection now: the answer is stale.
+                state => {
+                    connection.state = state;
+                    self.connections[index] = Some(connection);
+                }
             }
-            let Some(mut connection) = self.connections[index].take() else {
-                continue;
-            };
-            if let State::Waiting { head, arrived, body_bytes, .. } =
-                std::mem::replace(&mut connection.state, State::Gone)
-            {
-                self.respond(&mut connection, Some(&head), response, body_bytes, arrived);
-            }
-            self.connections[index] = Some(connection);
-            self.drive(index);
         }
     }
 

@@ -134,16 +134,21 @@ fn spawn_serve(db: &Path, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut child = command.spawn().expect("start dsevents serve");
+    let address = read_listening_address(&mut child);
+    (child, address)
+}
+
+/// Reads the address from the line `serve` prints on its piped stdout once
+/// it listens.
+pub fn read_listening_address(child: &mut Child) -> SocketAddr {
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-    let address = line
-        .trim()
+    line.trim()
         .rsplit("http://")
         .next()
         .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| panic!("serve printed no address, got {line:?}"));
-    (child, address)
+        .unwrap_or_else(|| panic!("serve printed no address, got {line:?}"))
 }
 
 impl Drop for Server {
