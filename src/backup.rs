@@ -14,6 +14,7 @@ use clap::Args;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::cli::DbArg;
+use crate::output::print_line;
 use crate::progress;
 
 #[derive(Debug, Args)]
@@ -61,12 +62,12 @@ pub fn run(args: BackupArgs) -> anyhow::Result<()> {
     spinner.finish_and_clear();
 
     let bytes = std::fs::metadata(&args.dest).map(|metadata| metadata.len()).unwrap_or(0);
-    println!(
+    print_line(format_args!(
         "backed up {} deliveries to {} ({bytes} bytes, integrity ok) in {:.1} s",
         deliveries,
         args.dest.display(),
         started.elapsed().as_secs_f64()
-    );
+    ))?;
     Ok(())
 }
 

@@ -120,7 +120,7 @@ pub fn man(args: ManArgs) -> anyhow::Result<()> {
     let mut written = Vec::new();
     write_man_pages(command, &dir, &mut written)?;
     for path in written {
-        println!("wrote {}", path.display());
+        crate::output::print_line(format_args!("wrote {}", path.display()))?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::catalog::{self, FieldType, KINDS};
 use crate::cli::{DbArg, UsageError};
+use crate::output::print_line;
 use crate::time::now_text;
 
 #[derive(Debug, Args)]
@@ -186,13 +187,13 @@ pub fn run(args: ForgetArgs) -> anyhow::Result<()> {
 
     let verb = if args.dry_run { "would erase" } else { "erased" };
     if erased.is_empty() {
-        println!("nothing found for that {identifier_type}; nothing {verb}");
+        print_line(format_args!("nothing found for that {identifier_type}; nothing {verb}"))?;
     }
     for (table, count) in &erased {
-        println!("{verb} {count} rows in {table}");
+        print_line(format_args!("{verb} {count} rows in {table}"))?;
     }
     if !args.dry_run {
-        println!("recorded the request in erasure_requests without the identifier");
+        print_line(format_args!("recorded the request in erasure_requests without the identifier"))?;
     }
     Ok(())
 }

@@ -457,7 +457,8 @@ fn next_line(bytes: &[u8]) -> Result<Option<&[u8]>, Rejection> {
     }
 }
 
-fn reason_phrase(status: u16) -> &'static str {
+/// Returns the standard reason phrase of an HTTP status code.
+pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",

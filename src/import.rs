@@ -26,6 +26,7 @@ use serde_json::value::RawValue;
 use crate::catalog;
 use crate::cli::{parse_positive_duration, DbArg, UsageError};
 use crate::normalize::parse_json;
+use crate::output::print_line;
 use crate::progress;
 use crate::store::{self, Delivery, Parsed, RecentBodies};
 use crate::time::{format_utc, now_text, parse_event_time};
@@ -152,11 +153,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let mut recent = RecentBodies::new(settings.window_ms);
     for file in &args.files {
         let summary = import_file(&mut connection, file, &settings, &mut recent)?;
-        println!("{}: {}", file.display(), summary.describe(&settings));
+        print_line(format_args!("{}: {}", file.display(), summary.describe(&settings)))?;
         total.add(&summary);
     }
     if args.files.len() > 1 {
-        println!("total: {}", total.describe(&settings));
+        print_line(format_args!("total: {}", total.describe(&settings)))?;
     }
     Ok(())
 }

@@ -36,6 +36,18 @@ impl Format {
     }
 }
 
+/// Writes one line to standard output. After the reader has closed the
+/// pipe, as `head -1` does, the line is dropped instead of returned as an
+/// error, so a command still finishes its work and keeps its exit status.
+/// Other write errors, such as a full disk, are returned.
+pub fn print_line(line: std::fmt::Arguments) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    match writeln!(stdout, "{line}") {
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 /// Returns true if `error` or one of its causes is a write to a closed
 /// pipe, as when the output goes to `head -1`. Callers end quietly then.
 pub fn is_broken_pipe(error: &anyhow::Error) -> bool {

@@ -5,6 +5,7 @@ use clap::Args;
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use crate::cli::{parse_positive_duration, DbArg};
+use crate::output::print_line;
 use crate::progress;
 use crate::time::{format_utc, now_text};
 
@@ -44,12 +45,14 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
     let mut connection = crate::store::open_existing(&args.db.db)?;
     let summary = prune(&mut connection, &cutoff, args.include_quarantined, args.dry_run)?;
     let verb = if args.dry_run { "would remove" } else { "removed" };
-    println!(
+    print_line(format_args!(
         "{verb} {} raw bodies received before {cutoff}, {} bytes; delivery and normalized rows are kept",
         summary.bodies, summary.bytes
-    );
+    ))?;
     if !args.dry_run && summary.bodies > 0 {
-        println!("SQLite reuses the freed pages for new deliveries; run `sqlite3 FILE 'VACUUM'` while serve is stopped to shrink the file");
+        print_line(format_args!(
+            "SQLite reuses the freed pages for new deliveries; run `sqlite3 FILE 'VACUUM'` while serve is stopped to shrink the file"
+        ))?;
     }
     Ok(())
 }

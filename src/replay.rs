@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::catalog;
 use crate::cli::{DbArg, UsageError};
 use crate::normalize::Value;
+use crate::output::print_line;
 use crate::progress;
 use crate::store::{self, Delivery, Parsed};
 
@@ -55,7 +56,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     }
     let mut connection = store::open_existing(&args.db.db)?;
     let summary = replay(&mut connection, args.kind.as_deref(), args.all)?;
-    println!(
+    print_line(format_args!(
         "replayed {} deliveries: {} changed ({} now stored, {} now quarantined), {} unchanged, {} skipped because their body was removed",
         summary.examined,
         summary.changed,
@@ -63,7 +64,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         summary.now_quarantined,
         summary.examined - summary.changed - summary.skipped_without_body,
         summary.skipped_without_body,
-    );
+    ))?;
     Ok(())
 }
 

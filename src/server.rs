@@ -9,7 +9,8 @@
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -243,6 +244,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         writer: writer.handle(),
         health: Mutex::new(health),
         metrics,
+        rejections: Mutex::new(Rejections::default()),
     });
     let limits = Limits {
         max_body: args.max_body,
@@ -264,8 +266,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         catalog::KINDS.len(),
         if args.token.is_some() { "token" } else { "none" },
     );
-    // The one line on stdout, so scripts and tests can learn the port.
-    println!("dsevents listening on http://{address}");
+    // The one line on stdout, so scripts and tests can learn the port. The
+    // log has the address too, so serve goes on when the write fails.
+    if let Err(error) = crate::output::print_line(format_args!("dsevents listening on http://{address}")) {
+        warn!("failed to write the listening address to standard output: {error}");
+    }
 
     http::serve(listener, app, limits, shutdown, Duration::from_secs(20))?;
     writer.stop();
@@ -319,6 +324,46 @@ struct App {
     /// A reader connection for /healthz.
     health: Mutex<rusqlite::Connection>,
     metrics: Arc<Metrics>,
+    rejections: Mutex<Rejections>,
+}
+
+/// Shortest time between two log lines about requests rejected with the
+/// same status.
+const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Logs requests that got an error status, so that a wrong token or
+/// too small a --max-body shows in the log before DailyStory pauses the
+/// subscription. One line per status and `REJECTION_LOG_INTERVAL` at
+/// most; the next line counts the requests left out meanwhile.
+#[derive(Default)]
+struct Rejections {
+    /// Per status: when its last line was logged, and the requests since.
+    by_status: HashMap<u16, (Instant, u64)>,
+}
+
+impl Rejections {
+    fn record(&mut self, status: u16, method: &str, path: &str, peer: Option<SocketAddr>) {
+        let now = Instant::now();
+        let since_last_line = match self.by_status.get_mut(&status) {
+            Some((logged_at, left_out)) if now.duration_since(*logged_at) < REJECTION_LOG_INTERVAL => {
+                *left_out += 1;
+                return;
+            }
+            Some((_, left_out)) => *left_out,
+            None => 0,
+        };
+        self.by_status.insert(status, (now, 0));
+        let peer = peer.map_or_else(|| "-".to_string(), |peer| peer.to_string());
+        let earlier = if since_last_line > 0 {
+            format!(" ({since_last_line} more with this status since the previous line)")
+        } else {
+            String::new()
+        };
+        warn!(
+            "rejected request: status={status} ({}) method={method} path={path} peer={peer}{earlier}",
+            http::reason_phrase(status)
+        );
+    }
 }
 
 enum Route {
@@ -467,6 +512,13 @@ impl Handler for App {
             "request method={method} path={path} status={status} kind={kind} bytes={body_bytes} ms={:.3}",
             elapsed.as_secs_f64() * 1000.0
         );
+        if status >= 400 {
+            let mut rejections = match self.rejections.lock() {
+                Ok(rejections) => rejections,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            rejections.record(status, method, path, head.map(|head| head.peer));
+        }
     }
 }
 

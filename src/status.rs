@@ -2,6 +2,7 @@
 //! normalized, and warnings an operator must act on, above all a kind that
 //! has gone silent (DailyStory may have paused its subscription).
 
+use std::fmt::Write;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -11,6 +12,7 @@ use serde::Serialize;
 
 use crate::catalog::{self, KINDS};
 use crate::cli::{parse_positive_duration, DbArg};
+use crate::output::print_line;
 use crate::time::format_utc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,8 +77,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let status = read_status(&connection, &args.db.db, silence, Utc::now())?;
 
     match args.format {
-        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        StatusFormat::Text => print_text(&status),
+        StatusFormat::Json => print_line(format_args!("{}", serde_json::to_string_pretty(&status)?))?,
+        StatusFormat::Text => print_line(format_args!("{}", format_text(&status)))?,
     }
     if args.check && !status.warnings.is_empty() {
         return Err(CheckFailed(status.warnings.len()).into());
@@ -214,15 +216,19 @@ fn describe_duration(duration: chrono::Duration) -> String {
     }
 }
 
-fn print_text(status: &Status) {
-    println!(
-        "database {} ({} bytes, WAL {} bytes), schema version {}, {} deliveries",
+/// Formats the status for people: a summary line, a table of kinds, then
+/// what was not stored and the warnings.
+fn format_text(status: &Status) -> String {
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        text,
+        "database {} ({} bytes, WAL {} bytes), schema version {}, {} deliveries\n",
         status.database, status.database_bytes, status.wal_bytes, status.schema_version, status.deliveries
     );
-    println!();
     // The last column is padded too, so trim each line's end.
     let header = format!("{:<24} {:>10}  {:<24}  {:<24}", "KIND", "COUNT", "FIRST RECEIVED", "LAST RECEIVED");
-    println!("{}", header.trim_end());
+    let _ = writeln!(text, "{}", header.trim_end());
     for kind in &status.kinds {
         let line = format!(
             "{:<24} {:>10}  {:<24}  {:<24}",
@@ -231,26 +237,27 @@ fn print_text(status: &Status) {
             kind.first_received_at.as_deref().unwrap_or("-"),
             kind.last_received_at.as_deref().unwrap_or("-")
         );
-        println!("{}", line.trim_end());
+        let _ = writeln!(text, "{}", line.trim_end());
     }
-    println!();
+    text.push('\n');
     for (label, not_stored) in [("quarantined", &status.quarantined), ("unknown kind", &status.unknown_kind)] {
-        match (&not_stored.latest_id, &not_stored.latest_reason) {
-            (Some(id), reason) => println!(
+        let _ = match (&not_stored.latest_id, &not_stored.latest_reason) {
+            (Some(id), reason) => writeln!(
+                text,
                 "{label}: {} (latest: delivery {id} at {}: {})",
                 not_stored.count,
                 not_stored.latest_received_at.as_deref().unwrap_or("-"),
                 reason.as_deref().unwrap_or("no reason recorded")
             ),
-            (None, _) => println!("{label}: 0"),
-        }
+            (None, _) => writeln!(text, "{label}: 0"),
+        };
     }
-    println!("duplicates: {}", status.duplicates);
+    let _ = writeln!(text, "duplicates: {}", status.duplicates);
     if status.warnings.is_empty() {
-        println!("warnings: none");
+        text.push_str("warnings: none");
     } else {
-        for warning in &status.warnings {
-            println!("warning: {warning}");
-        }
+        let warnings: Vec<String> = status.warnings.iter().map(|warning| format!("warning: {warning}")).collect();
+        text.push_str(&warnings.join("\n"));
     }
+    text
 }

@@ -520,3 +520,51 @@ fn export_streams_rows_of_one_kind() {
     assert_eq!(output.status.code(), Some(2), "{}", describe(&args, &output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--raw"));
 }
+
+/// Runs the binary with its standard output on a pipe whose reader has
+/// already quit, as `| head -1` leaves it after one line.
+fn run_into_closed_pipe(args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    std::process::Command::new(common::BIN)
+        .args(args)
+        .env_remove("DSEVENTS_TOKEN")
+        .env_remove("DSEVENTS_DB")
+        .stdout(writer)
+        .output()
+        .expect("run dsevents")
+}
+
+#[test]
+fn closed_stdout_ends_commands_quietly() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    let mut files = Vec::new();
+    for (index, dsid) in ["p1", "p2", "p3"].iter().enumerate() {
+        let file = server.dir.path().join(format!("part{index}.ndjson"));
+        std::fs::write(&file, format!("{{\"dsid\":\"{dsid}\",\"email\":\"{dsid}@example.com\"}}\n")).unwrap();
+        files.push(file.to_str().unwrap().to_string());
+    }
+
+    let mut import = vec!["import", "--db", &db, "--kind", "email-bounced"];
+    import.extend(files.iter().map(String::as_str));
+    let backup = server.dir.path().join("copy.db");
+    let backup = backup.to_str().unwrap();
+    for args in [
+        import,
+        vec!["status", "--db", &db],
+        vec!["status", "--db", &db, "--format", "json"],
+        vec!["backup", "--db", &db, backup],
+        vec!["replay", "--db", &db],
+        vec!["prune", "--db", &db, "--raw-older-than", "90d"],
+        vec!["forget", "--db", &db, "--dsid", "nobody-here"],
+    ] {
+        let output = run_into_closed_pipe(&args);
+        assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{}", describe(&args, &output));
+    }
+
+    // Every file is imported, not only those before the first lost line.
+    assert_eq!(server.count("SELECT count(*) FROM email_bounces WHERE dsid IN ('p1', 'p2', 'p3')"), 3);
+    assert!(std::path::Path::new(backup).exists(), "backup written");
+}

@@ -114,3 +114,49 @@ fn json_logs_show_requests_without_token() {
     assert!(messages.iter().any(|m| m.starts_with("serve stopped")), "{messages:?}");
     assert!(lines.iter().all(|line| line["level"].is_string() && line["time"].is_string()));
 }
+
+#[test]
+fn rejections_logged_once_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rejections.db");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--token", "hunter2-secret", "--max-body", "1KiB", "--db"])
+        .arg(&db)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let address = common::read_listening_address(&mut child);
+
+    let post = |target: &str, body: &[u8]| {
+        let request = format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+        // The server may respond 413 and close before reading the body.
+        let _ = std::io::Write::write_all(&mut stream, body);
+        common::read_reply(&mut stream).unwrap().status
+    };
+    let small = br#"{"dsid":"d1","email":"a@example.com"}"#;
+    for _ in 0..3 {
+        assert_eq!(post("/hooks/email-opt-out?token=hunter2-wrong", small), 401);
+    }
+    assert_eq!(post("/hooks/email-opt-out?token=hunter2-secret", &[b' '; 4096]), 413);
+    assert_eq!(post("/hooks/email-opt-out?token=hunter2-secret", small), 200);
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(!stderr.contains("hunter2"), "the token never reaches the log:\n{stderr}");
+    let unauthorized: Vec<&str> = stderr.lines().filter(|line| line.contains("status=401")).collect();
+    assert_eq!(unauthorized.len(), 1, "three 401s within the interval give one line:\n{stderr}");
+    assert!(unauthorized[0].contains("WARN"), "{stderr}");
+    assert!(unauthorized[0].contains("(Unauthorized) method=POST path=/hooks/email-opt-out peer=127.0.0.1:"), "{stderr}");
+    let too_large: Vec<&str> = stderr.lines().filter(|line| line.contains("status=413")).collect();
+    assert_eq!(too_large.len(), 1, "{stderr}");
+    assert!(!stderr.contains("status=200"), "accepted deliveries are not logged at the default level:\n{stderr}");
+}
