@@ -477,7 +477,26 @@ fn events(args: EventsArgs) -> anyhow::Result<()> {
     select.limit(Some(args.limit));
 
     let connection = store::open_for_reading(&args.common.db.db)?;
-    write_select(&connection, &select, &args.common)
+    let written = write_select_counted(&connection, &select, &args.common)?;
+    if written == args.limit && more_rows_than(&connection, &select, args.limit, &args.common.db.db)? {
+        // On stderr, so that piped rows stay clean.
+        eprintln!(
+            "dsevents: showed the newest {written} matching deliveries; more match, so pass --limit N to see more, or --since and --until to narrow the time"
+        );
+    }
+    Ok(())
+}
+
+/// Returns true if `select` without its limit would return more than
+/// `limit` rows.
+fn more_rows_than(connection: &Connection, select: &Select, limit: i64, database: &Path) -> anyhow::Result<bool> {
+    let mut probe = select.clone();
+    probe.limit(Some(limit.saturating_add(1)));
+    let sql = format!("SELECT count(*) FROM ({})", probe.sql());
+    let count: i64 = connection
+        .query_row(&sql, probe.params().as_slice(), |row| row.get(0))
+        .with_context(|| query_failed(database))?;
+    Ok(count > limit)
 }
 
 fn contact(args: ContactArgs) -> anyhow::Result<()> {
@@ -718,13 +737,19 @@ impl Select {
 
 /// Runs `select` and writes every row, with the SELECT's column names.
 fn write_select(connection: &Connection, select: &Select, common: &CommonArgs) -> anyhow::Result<()> {
+    write_select_counted(connection, select, common).map(|_| ())
+}
+
+/// Runs `select`, writes every row with the SELECT's column names, and
+/// returns how many rows it wrote.
+fn write_select_counted(connection: &Connection, select: &Select, common: &CommonArgs) -> anyhow::Result<i64> {
     let database = &common.db.db;
     let columns = column_names(connection, select).with_context(|| query_failed(database))?;
     let column_refs: Vec<&str> = columns.iter().map(String::as_str).collect();
     let mut writer = RowWriter::new(output_format(common), &column_refs, stdout_writer())?;
-    write_rows(connection, select, &mut writer, database)?;
+    let written = write_rows(connection, select, &mut writer, database)?;
     writer.finish()?;
-    Ok(())
+    Ok(written)
 }
 
 fn column_names(connection: &Connection, select: &Select) -> rusqlite::Result<Vec<String>> {

@@ -605,11 +605,17 @@ fn events_default_to_fifty_rows() {
         .collect();
     fixture.deliver_all(&deliveries);
 
-    let rows = fixture.query_json(&["events"]);
+    let output = fixture.query(&["events", "--format", "json"]);
+    assert_eq!(output.code, Some(0), "{output}");
+    let rows: Vec<Value> = serde_json::from_str(&output.stdout).expect("a JSON array");
     assert_eq!(rows.len(), 50);
     assert_eq!(rows[0]["received_at"], json!("2026-03-01T10:54:00.000Z"));
     assert_eq!(rows[49]["received_at"], json!("2026-03-01T10:05:00.000Z"));
+    assert!(output.stderr.contains("showed the newest 50 matching deliveries; more match"), "{output}");
+    assert!(output.stderr.contains("--limit N"), "{output}");
 
+    // Exactly as many rows as the limit: nothing was left out, so no notice.
+    assert_eq!(fixture.query_json(&["events", "--limit", "55"]).len(), 55);
     let more = fixture.query_json(&["events", "--limit", "60"]);
     assert_eq!(more.len(), 55);
 }
