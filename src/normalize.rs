@@ -111,6 +111,19 @@ fn replace_lone_surrogates(text: &str) -> String {
     output
 }
 
+/// Returns the contact id of a body that could not be normalized, when it
+/// is a JSON object with a dsid member (any spelling, such as `dsId`), so
+/// that `query contact` still lists the delivery.
+pub fn find_dsid(body: &[u8]) -> Option<String> {
+    let Ok(Json::Object(object)) = parse_json(body) else {
+        return None;
+    };
+    match read_text(canonical_members(&object).get("dsid")?.1) {
+        Value::Text(text) => Some(text),
+        _ => None,
+    }
+}
+
 /// Reads a body of `kind` into its table's values.
 pub fn normalize(kind: &Kind, body: &[u8]) -> Result<Row, String> {
     let json = parse_json(body)?;

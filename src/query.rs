@@ -547,7 +547,12 @@ fn contact_condition() -> &'static str {
             .filter(|kind| kind.fields.iter().any(|field| field.column == "dsid"))
             .map(|kind| format!("SELECT delivery_id FROM {} WHERE dsid = :dsid", kind.table))
             .collect();
-        format!("id IN ({})", selects.join(" UNION ALL "))
+        // Deliveries that were not normalized have no row in a kind's
+        // table; the few there are come through deliveries_not_stored.
+        format!(
+            "id IN ({} UNION ALL SELECT id FROM deliveries WHERE outcome <> 'stored' AND dsid = :dsid)",
+            selects.join(" UNION ALL ")
+        )
     })
 }
 

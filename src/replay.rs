@@ -106,10 +106,7 @@ pub fn replay(connection: &mut Connection, kind: Option<&str>, all: bool) -> any
                 continue;
             };
             let fresh = Delivery::new(&kind_slug, body, None, received_at.clone());
-            let fresh_dsid = match &fresh.parsed {
-                Parsed::Stored(_, row) => row.dsid.clone(),
-                _ => None,
-            };
+            let fresh_dsid = fresh.dsid();
             let mut changed = fresh.outcome() != outcome || fresh.reason() != error || fresh_dsid != dsid;
 
             match &fresh.parsed {

@@ -256,10 +256,12 @@ impl Delivery {
         }
     }
 
-    fn dsid(&self) -> Option<&str> {
+    /// Returns the contact id: from the normalized row, or else read from
+    /// the body, which also finds it in a quarantined delivery.
+    pub fn dsid(&self) -> Option<String> {
         match &self.parsed {
-            Parsed::Stored(_, row) => row.dsid.as_deref(),
-            _ => None,
+            Parsed::Stored(_, row) => row.dsid.clone(),
+            Parsed::Quarantined(_) | Parsed::UnknownKind => normalize::find_dsid(&self.body),
         }
     }
 }

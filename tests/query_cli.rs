@@ -567,6 +567,23 @@ fn contact_shows_timeline_with_summaries() {
 }
 
 #[test]
+fn contact_lists_quarantined_deliveries() {
+    let fixture = Fixture::new();
+    let unreadable_date = json!({"dsId": ADA, "email": "ada@example.com", "date": "March 1"}).to_string();
+    let quarantined = fixture.deliver("email-bounced", &unreadable_date, "2026-03-01T10:00:00.000Z");
+    let unknown = fixture.deliver("coffee-ordered", &json!({"dsid": ADA}).to_string(), "2026-03-01T11:00:00.000Z");
+    fixture.deliver("email-bounced", &json!({"dsid": BOB, "date": "March 2"}).to_string(), "2026-03-01T12:00:00.000Z");
+    fixture.deliver("email-bounced", "{not json", "2026-03-01T13:00:00.000Z");
+
+    let rows = fixture.query_json(&["contact", ADA]);
+
+    assert_eq!(column(&rows, "delivery_id"), [&json!(quarantined.id), &json!(unknown.id)]);
+    assert_eq!(column(&rows, "outcome"), [&json!("quarantined"), &json!("unknown_kind")]);
+    let summary = rows[0]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("'March 1' is not a date"), "the summary gives the reason: {rows:?}");
+}
+
+#[test]
 fn events_list_raw_deliveries_newest_first() {
     let fixture = Fixture::new();
     let stored_body = json!({"dsid": ADA, "email": "ada@example.com"}).to_string();
