@@ -216,7 +216,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .into());
     }
     if args.token.as_deref() == Some("") {
-        return Err(UsageError("--token is empty; give a secret or leave the option out".to_string()).into());
+        return Err(UsageError(
+            "the token (--token or DSEVENTS_TOKEN) is empty; give a secret, or leave out both the option and the variable".to_string(),
+        )
+        .into());
     }
 
     limit_malloc_arenas();
