@@ -24,11 +24,13 @@ use crate::time;
 
 #[derive(Debug, Subcommand)]
 pub enum QueryCommand {
-    /// List opt-outs of email, text messages and phone calls, newest first.
+    /// List opt-outs of email, text messages and phone calls, most recently
+    /// received first.
     ///
     /// Retries of an identical delivery count once.
     OptOuts(OptOutsArgs),
-    /// List bounced email addresses and spam complaints, newest first.
+    /// List bounced email addresses and spam complaints, most recently
+    /// received first.
     ///
     /// Retries of an identical delivery count once.
     Bounces(BouncesArgs),
