@@ -69,11 +69,11 @@ pub struct ServeArgs {
 
     /// Seconds a client may take to send a request's headers, and again
     /// its body, before it gets 408.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = parse_timeout)]
     pub read_timeout: u64,
 
     /// Seconds a kept-alive connection may stay idle between requests.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = parse_timeout)]
     pub idle_timeout: u64,
 
     /// Most deliveries committed in one transaction.
@@ -85,6 +85,14 @@ fn parse_count(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(count) if count >= 1 => Ok(count),
         _ => Err(format!("'{text}' is not a count; give a whole number of 1 or more")),
+    }
+}
+
+/// Reads a timeout of 1 to 3600 whole seconds.
+fn parse_timeout(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(seconds) if (1..=3600).contains(&seconds) => Ok(seconds),
+        _ => Err(format!("'{text}' is not a timeout; give a whole number of seconds from 1 to 3600")),
     }
 }
 

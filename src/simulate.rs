@@ -34,7 +34,7 @@ pub struct SimulateArgs {
     pub kinds: Vec<String>,
 
     /// Number of times to send the sample of each kind.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_positive::<u32>)]
     pub count: u32,
 
     /// Shared secret of the server, sent as ?token=.
@@ -42,7 +42,7 @@ pub struct SimulateArgs {
     pub token: Option<String>,
 
     /// Seconds to wait for each response, connecting included.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = parse_positive::<u64>)]
     pub timeout: u64,
 }
 
@@ -55,6 +55,14 @@ struct ServerResponse {
 
 /// Runs `dsevents simulate`. Returns an error when any response status is
 /// not 2xx, or when a request cannot be sent at all, which stops the run.
+/// Reads a whole number of 1 or more, such as a count or seconds.
+fn parse_positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<T>() {
+        Ok(number) if number >= T::from(1) => Ok(number),
+        _ => Err(format!("'{text}' is not a whole number of 1 or more")),
+    }
+}
+
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let base = parse_base_url("--url", &args.url)?;
     let slugs = selected_slugs(&args.kinds)?;

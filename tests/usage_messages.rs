@@ -69,3 +69,18 @@ fn log_format_help_is_short() {
     let serve = help(&["serve", "--help"]);
     assert!(serve.contains("RUST_LOG"), "serve explains its logs: {serve}");
 }
+
+#[test]
+fn out_of_range_numbers_state_range() {
+    for (args, expected) in [
+        (&["serve", "--read-timeout", "99999"][..], "whole number of seconds from 1 to 3600"),
+        (&["serve", "--idle-timeout", "0"], "whole number of seconds from 1 to 3600"),
+        (&["simulate", "--timeout", "0"], "whole number of 1 or more"),
+        (&["simulate", "--count", "0"], "whole number of 1 or more"),
+    ] {
+        let stderr = usage_error(args);
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(stderr.contains(&format!("'{}'", args[2])), "the value is named: {stderr}");
+        assert!(!stderr.contains(".."), "no Rust range syntax: {stderr}");
+    }
+}
