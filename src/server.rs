@@ -31,7 +31,7 @@ use crate::writer::{Writer, WriterConfig, WriterHandle};
 pub struct ServeArgs {
     /// Address and port to listen on. Use 0.0.0.0:8080 to accept other
     /// hosts, which requires --token.
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     #[command(flatten)]
@@ -86,6 +86,16 @@ fn parse_count(text: &str) -> Result<usize, String> {
         Ok(count) if count >= 1 => Ok(count),
         _ => Err(format!("'{text}' is not a count; give a whole number of 1 or more")),
     }
+}
+
+/// Reads an IP address and port. Host names are not resolved.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "'{text}' is not an IP address and port; give IP:PORT such as 127.0.0.1:8080 or 0.0.0.0:8080 \
+             (a host name such as localhost is not accepted)"
+        )
+    })
 }
 
 /// Reads a timeout of 1 to 3600 whole seconds.

@@ -71,12 +71,13 @@ fn log_format_help_is_short() {
 }
 
 #[test]
-fn out_of_range_numbers_state_range() {
+fn option_errors_state_valid_values() {
     for (args, expected) in [
         (&["serve", "--read-timeout", "99999"][..], "whole number of seconds from 1 to 3600"),
         (&["serve", "--idle-timeout", "0"], "whole number of seconds from 1 to 3600"),
         (&["simulate", "--timeout", "0"], "whole number of 1 or more"),
         (&["simulate", "--count", "0"], "whole number of 1 or more"),
+        (&["serve", "--listen", "localhost:8080"], "give IP:PORT such as 127.0.0.1:8080"),
     ] {
         let stderr = usage_error(args);
         assert!(stderr.contains(expected), "{stderr}");
