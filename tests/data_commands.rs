@@ -244,6 +244,18 @@ fn import_quarantines_body_without_kind_member() {
         .unwrap();
     assert_eq!((kind.as_str(), outcome.as_str()), ("unknown", "quarantined"));
     assert!(error.contains("no member event"), "{error}");
+
+    // Replay cannot find the kind either, so it keeps import's reason.
+    let replay = ok(&["replay", "--db", &db]);
+    assert!(replay.contains("0 changed"), "{replay}");
+    let kept: (String, String) = server
+        .db()
+        .query_row("SELECT outcome, error FROM deliveries WHERE source = ?1", [format!("import {file}:#1")], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(kept.0, "quarantined");
+    assert!(kept.1.contains("no member event"), "{}", kept.1);
 }
 
 #[test]
