@@ -9,6 +9,7 @@
 //! `serve` keeps responding while the bodies are scanned.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use clap::{ArgGroup, Args};
 use rusqlite::{params, Connection, TransactionBehavior};
@@ -290,11 +291,46 @@ fn forget(connection: &mut Connection, mut person: Person, identifier_type: &str
         params![removed_at, identifier_type, json!(erased).to_string()],
     )?;
     tx.commit()?;
-    // Copy the erased pages out of the WAL so the old contents do not linger
-    // there. A reader still open elsewhere can keep part of it; the next
-    // checkpoint finishes the job.
-    let _busy: i64 = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+    if !truncate_wal(connection)? {
+        eprintln!(
+            "dsevents: warning: another program kept a read transaction open on the database for {} s, \
+             so the WAL file ({}-wal) may still hold the erased values. Run the same forget again \
+             once no report, backup or other reader is running: it finds nothing more to erase \
+             and clears the WAL.",
+            WAL_TRUNCATE_PATIENCE.as_secs(),
+            connection.path().unwrap_or("the database")
+        );
+    }
     Ok(erased)
+}
+
+/// How long `truncate_wal` retries while readers use the WAL.
+const WAL_TRUNCATE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Copies the WAL into the database file and truncates it, so that the old
+/// contents of the erased rows do not linger in WAL frames. Returns false
+/// if readers kept the WAL in use for `WAL_TRUNCATE_PATIENCE`.
+///
+/// A TRUNCATE checkpoint holds the write lock while its busy handler waits
+/// for readers, so with the usual 5 s busy timeout serve's writer waited
+/// behind it and responded 503 to deliveries. Each attempt therefore waits at
+/// most `ATTEMPT_BUSY_TIMEOUT`, and the retries sleep without the lock.
+fn truncate_wal(connection: &Connection) -> anyhow::Result<bool> {
+    const ATTEMPT_BUSY_TIMEOUT: Duration = Duration::from_millis(20);
+    connection.busy_timeout(ATTEMPT_BUSY_TIMEOUT)?;
+    let deadline = Instant::now() + WAL_TRUNCATE_PATIENCE;
+    let truncated = loop {
+        let busy: i64 = connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy == 0 {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    connection.busy_timeout(crate::store::BUSY_TIMEOUT)?;
+    Ok(truncated)
 }
 
 /// Reads the identifiers of every normalized row of deliveries after `after_id`.

@@ -427,6 +427,59 @@ fn forget_erases_person_everywhere() {
 }
 
 #[test]
+fn forget_beside_open_reader_keeps_serving() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    server.post("/hooks/email-opt-out", br#"{"dsid":"c0c","email":"cy@example.com"}"#);
+
+    // Another program's read transaction, open longer than the writer's
+    // 5 s busy timeout.
+    let reader = server.db();
+    reader.execute_batch("BEGIN").unwrap();
+    let _: i64 = reader.query_row("SELECT count(*) FROM deliveries", [], |row| row.get(0)).unwrap();
+    let release = thread::spawn(move || {
+        thread::sleep(std::time::Duration::from_secs(6));
+        reader.execute_batch("COMMIT").unwrap();
+    });
+
+    // Deliveries while forget runs: every status and the slowest response.
+    let address = server.address;
+    let load = thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut statuses = Vec::new();
+        let mut slowest = std::time::Duration::ZERO;
+        // Bounded in count and time.
+        while statuses.len() < 3000 && started.elapsed() < std::time::Duration::from_secs(7) {
+            let body = format!(r#"{{"id":"link-{}"}}"#, statuses.len());
+            let request = format!(
+                "POST /hooks/link-clicked HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let sent_at = std::time::Instant::now();
+            let mut stream = std::net::TcpStream::connect(address).expect("connect");
+            std::io::Write::write_all(&mut stream, request.as_bytes()).expect("send");
+            statuses.push(common::read_reply(&mut stream).expect("answer").status);
+            slowest = slowest.max(sent_at.elapsed());
+        }
+        (statuses, slowest)
+    });
+    thread::sleep(std::time::Duration::from_millis(200));
+    let args = ["forget", "--db", &db, "--dsid", "c0c"];
+    let output = run(&args);
+    release.join().unwrap();
+    let (statuses, slowest) = load.join().unwrap();
+
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&args, &output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("erased 1 rows in email_opt_outs"), "{stdout}");
+    // The reader ended within forget's 10 s of retries, so the WAL was cleared.
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{}", describe(&args, &output));
+    assert!(!statuses.is_empty());
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    assert!(slowest < std::time::Duration::from_secs(2), "a delivery waited {slowest:?} behind forget");
+}
+
+#[test]
 fn forget_mobile_compares_whole_numbers() {
     let server = Server::start(&[]);
     let db = server.db.to_str().unwrap().to_string();
