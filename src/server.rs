@@ -62,8 +62,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_window)]
     pub duplicate_window: chrono::Duration,
 
-    /// Connections served at once. More get 503. serve raises its open
-    /// files limit to fit them, or serves fewer with a warning.
+    /// Connections served at once. When all are taken, a new one closes
+    /// the connection idle longest, or gets 503 if none is idle. serve
+    /// raises its open files limit to fit them, or serves fewer with a
+    /// warning.
     #[arg(long, default_value_t = 1024, value_name = "COUNT", value_parser = parse_count)]
     pub max_connections: usize,
 

@@ -10,10 +10,15 @@
 //! before it runs again.
 //!
 //! Every connection is in one `State`, and each state has a deadline:
-//! `Limits::idle_timeout` between requests, `header_timeout` from a head's
-//! first byte, `body_timeout` from the end of the head, `answer_timeout`
+//! `Limits::idle_timeout` between requests (`header_timeout` before the
+//! first, if shorter), `header_timeout` from a head's first byte, `body_timeout` from the end of the head, `answer_timeout`
 //! for an answer and `write_timeout` for a response the socket does not
 //! take at once. The loop checks them every `TICK`.
+//!
+//! When every connection slot is taken, a new connection closes the one
+//! that has waited longest between requests, so that clients which connect
+//! and send nothing cannot keep deliveries out. Only when no connection is
+//! between requests does the new one get 503.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -307,6 +312,12 @@ pub fn wake_listener(address: SocketAddr) {
     let _ = TcpStream::connect_timeout(&target, Duration::from_secs(1));
 }
 
+/// Returns true if the connection has no request in progress and no
+/// response left to write.
+fn is_between_requests(connection: &Connection) -> bool {
+    matches!(connection.state, State::Idle) && connection.input.is_empty() && connection.output.is_empty()
+}
+
 impl EventLoop<'_> {
     /// Accepts every pending connection. Returns when to try again if
     /// accept failed for a reason that passes, such as too many open files.
@@ -327,6 +338,9 @@ impl EventLoop<'_> {
     }
 
     fn admit(&mut self, mut stream: PollStream, peer: SocketAddr) {
+        if self.open >= self.limits.max_connections && !self.shutting_down {
+            self.close_longest_idle();
+        }
         if self.open >= self.limits.max_connections || self.shutting_down {
             let response = Response::error(503, "server busy: too many open connections; retry later")
                 .with_header("Retry-After", "1")
@@ -364,9 +378,34 @@ impl EventLoop<'_> {
             hung_up: false,
             close_after_output: false,
             state: State::Idle,
-            deadline: Instant::now() + self.limits.idle_timeout,
+            deadline: Instant::now() + self.limits.idle_timeout.min(self.limits.header_timeout),
         });
         self.open += 1;
+        // A first read separates a client that sent nothing yet from one
+        // whose bytes wait unread, which `close_longest_idle` must not close.
+        self.again.push(index);
+    }
+
+    /// Closes the connection between requests whose idle deadline comes
+    /// first, if there is one, to make room for a new connection.
+    fn close_longest_idle(&mut self) {
+        let longest_idle = self
+            .connections
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| match slot {
+                Some(connection) if is_between_requests(connection) && !connection.readable => {
+                    Some((connection.deadline, index))
+                }
+                _ => None,
+            })
+            .min();
+        if let Some((_, index)) = longest_idle {
+            if let Some(connection) = self.connections[index].take() {
+                debug!("connection from {} closed to make room for a new one", connection.peer);
+                self.close(index, connection);
+            }
+        }
     }
 
     /// Moves the connection in slot `index` as far as its bytes allow, and
@@ -729,12 +768,7 @@ impl EventLoop<'_> {
     fn begin_shutdown(&mut self) {
         self.shutting_down = true;
         for index in 0..self.connections.len() {
-            let idle = matches!(
-                &self.connections[index],
-                Some(connection) if matches!(connection.state, State::Idle)
-                    && connection.input.is_empty()
-                    && connection.output.is_empty()
-            );
+            let idle = matches!(&self.connections[index], Some(connection) if is_between_requests(connection));
             if idle {
                 if let Some(connection) = self.connections[index].take() {
                     self.close(index, connection);
