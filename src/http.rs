@@ -447,11 +447,14 @@ impl ChunkedBody {
 }
 
 /// Returns the CRLF-terminated line at the start of `bytes`, without the
-/// CRLF, or None while the line is incomplete.
+/// CRLF, or None while the line is incomplete. A line that ends in a bare
+/// LF is rejected, as in the head, rather than waited on until the read
+/// timeout.
 fn next_line(bytes: &[u8]) -> Result<Option<&[u8]>, Rejection> {
     let searched = &bytes[..bytes.len().min(MAX_CHUNK_LINE + 2)];
-    match searched.windows(2).position(|pair| pair == b"\r\n") {
-        Some(end) => Ok(Some(&bytes[..end])),
+    match searched.iter().position(|byte| *byte == b'\n') {
+        Some(end) if end > 0 && bytes[end - 1] == b'\r' => Ok(Some(&bytes[..end - 1])),
+        Some(_) => Err(bad_request("a line of the chunked body ends in LF without CR; end each line with CRLF")),
         None if bytes.len() > MAX_CHUNK_LINE => Err(bad_request("chunk header line is too long")),
         None => Ok(None),
     }
@@ -592,6 +595,9 @@ mod tests {
         assert_eq!(decode(b"1\r\na\r\nffffffffffffffff\r\n", 64, 5).0, Err(413));
         assert_eq!(decode(b"zz\r\n", 64, 5).0, Err(400));
         assert_eq!(decode(b"1\r\naXY", 64, 5).0, Err(400));
+        // Lines ending in a bare LF: a size line, and a trailer line.
+        assert_eq!(decode(b"d\n{\"id\":\"ck07\"}\n0\n\n", 64, 1024).0, Err(400));
+        assert_eq!(decode(b"0\r\nExpires: never\n\r\n", 64, 1024).0, Err(400));
         let long_line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE + 10));
         assert_eq!(decode(long_line.as_bytes(), 64, 5).0, Err(400));
     }

@@ -244,11 +244,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     limit_malloc_arenas();
     let max_connections = fit_open_files_limit(args.max_connections);
+    // Before the database, so that a port in use leaves no new file behind.
+    let listener = TcpListener::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
     let path = args.db.db.clone();
     let connection = store::open_or_create(&path)?;
     let health = store::open_existing(&path)?;
-    let listener = TcpListener::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
 
     let metrics = Arc::new(Metrics::new(&path));
     seed_metrics(&health, &metrics)?;

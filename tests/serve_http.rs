@@ -186,3 +186,19 @@ fn delivery_is_committed_before_answer() {
     let mode: String = server.db().query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
     assert_eq!(mode, "wal");
 }
+
+#[test]
+fn port_in_use_creates_no_database() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("take a port");
+    let address = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("never.db");
+    let args = ["serve", "--listen", &address, "--db", db.to_str().unwrap()];
+
+    let output = run(&args);
+
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot listen on {address}")), "{stderr}");
+    assert!(!db.exists(), "no database file left behind");
+}
