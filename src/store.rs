@@ -78,9 +78,7 @@ pub fn open_for_reading(path: &Path) -> anyhow::Result<Connection> {
     let connection = Connection::open_with_flags(path, flags)
         .with_context(|| format!("cannot open database {}", path.display()))?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
-    let version: i64 = connection
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .with_context(|| format!("cannot read database {}: is it a SQLite file?", path.display()))?;
+    let version = read_user_version(&connection, path)?;
     if version == SCHEMA_VERSION {
         return Ok(connection);
     }
@@ -105,13 +103,38 @@ pub fn open_for_reading(path: &Path) -> anyhow::Result<Connection> {
     open_existing(path)
 }
 
+/// Reads the schema version: the first read of the file, so its errors
+/// say why the file could not be read.
+fn read_user_version(connection: &Connection, path: &Path) -> anyhow::Result<i64> {
+    match connection.query_row("PRAGMA user_version", [], |row| row.get(0)) {
+        Ok(version) => Ok(version),
+        // SQLITE_READONLY_DIRECTORY: the WAL index file could not be
+        // created beside the database.
+        Err(rusqlite::Error::SqliteFailure(failure, _))
+            if failure.extended_code == rusqlite::ffi::SQLITE_READONLY_DIRECTORY =>
+        {
+            let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            bail!(
+                "cannot read database {}: its directory {} is not writable, and SQLite must create {}-shm there \
+                 while no other program has the database open (serve keeps it while it runs). Run as a user who \
+                 may write to {}, or while serve is running",
+                path.display(),
+                directory.display(),
+                path.display(),
+                directory.display()
+            )
+        }
+        Err(error) => {
+            Err(error).with_context(|| format!("cannot read database {}: is it a SQLite file?", path.display()))
+        }
+    }
+}
+
 /// Fails unless the file is a dsevents database, or (when `may_create`) an
 /// empty one that dsevents may set up. Runs before anything is written, so
 /// another program's SQLite file given by mistake is left untouched.
 fn check_schema(connection: &Connection, path: &Path, may_create: bool) -> anyhow::Result<()> {
-    let version: i64 = connection
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .with_context(|| format!("cannot read database {}: is it a SQLite file?", path.display()))?;
+    let version = read_user_version(connection, path)?;
     let (tables, has_deliveries): (i64, bool) = connection.query_row(
         "SELECT count(*), coalesce(sum(name = 'deliveries'), 0) > 0 FROM sqlite_master
           WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
