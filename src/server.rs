@@ -249,6 +249,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let path = args.db.db.clone();
     let connection = store::open_or_create(&path)?;
+    // Held until serve returns.
+    let _only_server = lock_for_serve(&path)?;
     let health = store::open_existing(&path)?;
 
     let metrics = Arc::new(Metrics::new(&path));
@@ -300,6 +302,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     writer.stop();
     info!("serve stopped");
     Ok(())
+}
+
+/// Takes an exclusive flock(2) on the database file, so that a second
+/// `serve` on the same file fails at start instead of competing with the
+/// first for the write lock. SQLite locks with fcntl(2), which on Linux
+/// is separate from flock, so readers and other programs are unaffected.
+fn lock_for_serve(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
+    // SAFETY: flock only reads the descriptor, which `file` keeps open.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() == std::io::ErrorKind::WouldBlock {
+            anyhow::bail!(
+                "another dsevents serve is already writing {}; stop it first (systemctl stop dsevents), \
+                 or give this one another --db",
+                path.display()
+            );
+        }
+        return Err(error).with_context(|| format!("cannot lock database {}", path.display()));
+    }
+    Ok(file)
 }
 
 /// Starts the last-delivery gauges from the database, so that a restart

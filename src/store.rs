@@ -103,8 +103,8 @@ pub fn open_for_reading(path: &Path) -> anyhow::Result<Connection> {
     open_existing(path)
 }
 
-/// Reads the schema version: the first read of the file, so its errors
-/// say why the file could not be read.
+/// Reads the schema version. It is the first read of the file, so its
+/// errors explain why the file could not be read.
 fn read_user_version(connection: &Connection, path: &Path) -> anyhow::Result<i64> {
     match connection.query_row("PRAGMA user_version", [], |row| row.get(0)) {
         Ok(version) => Ok(version),

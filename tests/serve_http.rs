@@ -202,3 +202,18 @@ fn port_in_use_creates_no_database() {
     assert!(stderr.contains(&format!("cannot listen on {address}")), "{stderr}");
     assert!(!db.exists(), "no database file left behind");
 }
+
+#[test]
+fn second_serve_on_same_database_fails() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--db", &db];
+
+    let output = run(&args);
+
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("another dsevents serve is already writing {db}")), "{stderr}");
+    let reply = server.post("/hooks/email-opt-out", br#"{"dsid":"d1","email":"a@example.com"}"#);
+    assert_eq!(reply.status, 200, "the first serve goes on: {}", reply.body);
+}
