@@ -63,7 +63,7 @@ pub struct ServeArgs {
     pub duplicate_window: chrono::Duration,
 
     /// Connections served at once. When all are taken, a new one closes
-    /// the connection idle longest, or gets 503 if none is idle. serve
+    /// the connection idle longest (at least 1 s), or gets 503. serve
     /// raises its open files limit to fit them, or serves fewer with a
     /// warning.
     #[arg(long, default_value_t = 1024, value_name = "COUNT", value_parser = parse_count)]

@@ -303,7 +303,9 @@ fn open_files_limit_below_max_connections() {
         .expect("send request on the last connection");
     let last_reply = read_reply(last);
 
-    // Connection 301 takes the slot of the connection idle longest.
+    // Connection 301 takes the slot of the connection idle longest, once
+    // it has been idle for 1 s.
+    thread::sleep(Duration::from_millis(1200));
     let mut extra = TcpStream::connect(address).expect("connect past the limit");
     extra
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -392,8 +394,8 @@ fn open_files_hard_limit_gives_503() {
 fn silent_connections_yield_slots() {
     let server = Server::start(&["--max-connections", "3", "--token", "sekrit"]);
     let mut silent: Vec<TcpStream> = (0..3).map(|_| server.connect()).collect();
-    // Time for serve to find that they sent nothing.
-    thread::sleep(Duration::from_millis(300));
+    // A connection may lose its slot after 1 s between requests.
+    thread::sleep(Duration::from_millis(1200));
 
     for index in 0..3 {
         let reply = server.post(&format!("/hooks/email-bounced?token=sekrit&n={index}"), bounce(&format!("slot-{index}")).as_bytes());
@@ -412,4 +414,31 @@ fn silent_connections_yield_slots() {
     // find the slot of a delivery before them free again.
     assert!(closed >= 1, "no silent connection was closed to make room");
     assert_healthy(&server);
+}
+
+/// A keep-alive connection keeps its slot while it is busy, and when its
+/// next request has arrived but is not read yet: a new connection gets 503
+/// instead. Closing it would have dropped that request with a reset.
+#[test]
+fn busy_keep_alive_keeps_slot() {
+    let server = Server::start(&["--max-connections", "1"]);
+    let mut kept = server.connect();
+    kept.set_read_timeout(Some(Duration::from_secs(5))).expect("set read timeout");
+    kept.write_all(&delivery_request("first")).expect("send first delivery");
+    assert_eq!(read_reply(&mut kept).expect("first reply").status, 200);
+
+    // Within 1 s of its last response: not idle long enough to lose its slot.
+    let mut refused = server.connect();
+    refused.set_read_timeout(Some(Duration::from_secs(5))).expect("set read timeout");
+    assert_eq!(read_reply(&mut refused).expect("reply past the limit").status, 503);
+
+    // Idle long enough, but its next request arrives just before a new
+    // connection does.
+    thread::sleep(Duration::from_millis(1200));
+    kept.write_all(&delivery_request("second")).expect("send second delivery");
+    let mut late = server.connect();
+    late.set_read_timeout(Some(Duration::from_secs(5))).expect("set read timeout");
+    assert_eq!(read_reply(&mut kept).expect("second reply on the kept connection").status, 200);
+    assert_eq!(read_reply(&mut late).expect("reply past the limit").status, 503);
+    assert_eq!(server.count("SELECT count(*) FROM deliveries"), 2);
 }

@@ -16,9 +16,10 @@
 //! take at once. The loop checks them every `TICK`.
 //!
 //! When every connection slot is taken, a new connection closes the one
-//! that has waited longest between requests, so that clients which connect
-//! and send nothing cannot keep deliveries out. Only when no connection is
-//! between requests does the new one get 503.
+//! that has waited longest between requests, at least `EVICTABLE_AFTER`,
+//! so that clients which connect and send nothing cannot keep deliveries
+//! out. Busy keep-alive clients are not closed under one another: the new
+//! connection gets 503 then.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -42,6 +43,10 @@ const WAKER: Token = Token(usize::MAX);
 const TICK: Duration = Duration::from_millis(100);
 /// Bytes taken from a socket by one read.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Time a connection must have waited between requests before a new
+/// connection may close it for its slot. Keep-alive clients that send
+/// their next request within it keep their connection.
+const EVICTABLE_AFTER: Duration = Duration::from_secs(1);
 /// Reads one connection makes in a row before the others get their turn.
 const READS_PER_TURN: usize = 16;
 /// Steps through requests already read (a few per request) one connection
@@ -159,6 +164,9 @@ struct Connection {
     state: State,
     /// When the current state times out.
     deadline: Instant,
+    /// When the connection last became idle: accepted, or its last response
+    /// queued.
+    idle_since: Instant,
 }
 
 /// The next thing a connection's request needs.
@@ -366,6 +374,7 @@ impl EventLoop<'_> {
             self.free.push(index);
             return;
         }
+        let now = Instant::now();
         self.connections[index] = Some(Connection {
             stream,
             peer,
@@ -378,33 +387,51 @@ impl EventLoop<'_> {
             hung_up: false,
             close_after_output: false,
             state: State::Idle,
-            deadline: Instant::now() + self.limits.idle_timeout.min(self.limits.header_timeout),
+            deadline: now + self.limits.idle_timeout.min(self.limits.header_timeout),
+            idle_since: now,
         });
         self.open += 1;
-        // A first read separates a client that sent nothing yet from one
-        // whose bytes wait unread, which `close_longest_idle` must not close.
-        self.again.push(index);
     }
 
-    /// Closes the connection between requests whose idle deadline comes
-    /// first, if there is one, to make room for a new connection.
+    /// Closes the connection that has waited longest between requests, at
+    /// least `EVICTABLE_AFTER`, to make room for a new connection. A
+    /// connection whose next request has arrived but is not read yet stays:
+    /// closing it would drop that request.
     fn close_longest_idle(&mut self) {
-        let longest_idle = self
+        let now = Instant::now();
+        let mut candidates: Vec<(Instant, usize)> = self
             .connections
             .iter()
             .enumerate()
             .filter_map(|(index, slot)| match slot {
-                Some(connection) if is_between_requests(connection) && !connection.readable => {
-                    Some((connection.deadline, index))
+                Some(connection)
+                    if is_between_requests(connection)
+                        && now.saturating_duration_since(connection.idle_since) >= EVICTABLE_AFTER =>
+                {
+                    Some((connection.idle_since, index))
                 }
                 _ => None,
             })
-            .min();
-        if let Some((_, index)) = longest_idle {
+            .collect();
+        candidates.sort_unstable();
+        for (_, index) in candidates {
+            let Some(connection) = self.connections[index].as_mut() else {
+                continue;
+            };
+            let mut byte = [0u8; 1];
+            if let Ok(count) = connection.stream.peek(&mut byte) {
+                if count > 0 {
+                    // Read it on this turn rather than wait for its event.
+                    connection.readable = true;
+                    self.again.push(index);
+                    continue;
+                }
+            }
             if let Some(connection) = self.connections[index].take() {
                 debug!("connection from {} closed to make room for a new one", connection.peer);
                 self.close(index, connection);
             }
+            return;
         }
     }
 
@@ -691,7 +718,9 @@ impl EventLoop<'_> {
         encode_response(&response, with_body, &mut connection.output);
         connection.close_after_output = response.close;
         connection.state = State::Idle;
-        connection.deadline = Instant::now() + self.limits.idle_timeout;
+        let now = Instant::now();
+        connection.deadline = now + self.limits.idle_timeout;
+        connection.idle_since = now;
     }
 
     /// Sends the answers that other threads queued.
