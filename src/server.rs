@@ -9,6 +9,7 @@
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -551,12 +552,12 @@ impl Handler for App {
 
     fn record(&self, head: Option<&Head>, status: u16, body_bytes: usize, elapsed: Duration) {
         self.metrics.request(status, elapsed);
-        // The path only: the query string can carry the token.
-        let (method, path) = head.map_or(("-", "-"), |head| (head.method.as_str(), head.path.as_str()));
-        let kind = match route(path) {
+        let (method, full_path) = head.map_or(("-", "-"), |head| (head.method.as_str(), head.path.as_str()));
+        let kind = match route(full_path) {
             Some(Route::Hook(slug)) => slug,
             _ => "-".to_string(),
         };
+        let path = loggable_path(full_path);
         debug!(
             "request method={method} path={path} status={status} kind={kind} bytes={body_bytes} ms={:.3}",
             elapsed.as_secs_f64() * 1000.0
@@ -566,8 +567,19 @@ impl Handler for App {
                 Ok(rejections) => rejections,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            rejections.record(status, method, path, head.map(|head| head.peer));
+            rejections.record(status, method, &path, head.map(|head| head.peer));
         }
+    }
+}
+
+/// Returns the part of a request path that may be logged. The query string
+/// is already cut off, but a sender may put the token in the path too, as
+/// in `/hooks/x%3Ftoken=SECRET` or `/hooks/x&token=SECRET`. Valid paths
+/// contain none of `%&;=`, so everything from the first of them is left out.
+fn loggable_path(path: &str) -> Cow<'_, str> {
+    match path.find(['%', '&', ';', '=']) {
+        Some(end) => Cow::Owned(format!("{}[rest not logged]", &path[..end])),
+        None => Cow::Borrowed(path),
     }
 }
 
@@ -644,6 +656,15 @@ mod tests {
     fn percent_decoding() {
         assert_eq!(percent_decode("a%2Bb+c%zz"), b"a+b c%zz".to_vec());
         assert_eq!(percent_decode("abc%4"), b"abc%4".to_vec());
+    }
+
+    #[test]
+    fn logged_paths_leave_out_tokens() {
+        assert_eq!(loggable_path("/hooks/email-bounced"), "/hooks/email-bounced");
+        assert_eq!(loggable_path("/hooks/x%3Ftoken=SECRET"), "/hooks/x[rest not logged]");
+        assert_eq!(loggable_path("/hooks/x&token=SECRET"), "/hooks/x[rest not logged]");
+        assert_eq!(loggable_path("/hooks/x;token=SECRET"), "/hooks/x[rest not logged]");
+        assert_eq!(loggable_path("/token=SECRET"), "/token[rest not logged]");
     }
 
     #[test]

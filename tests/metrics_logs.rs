@@ -145,6 +145,8 @@ fn rejections_logged_once_per_interval() {
         assert_eq!(post("/hooks/email-opt-out?token=hunter2-wrong", small), 401);
     }
     assert_eq!(post("/hooks/email-opt-out?token=hunter2-secret", &[b' '; 4096]), 413);
+    // A token put in the path by mistake is not logged either.
+    assert_eq!(post("/hooks/email-opt-out%3Ftoken=hunter2-secret", small), 404);
     assert_eq!(post("/hooks/email-opt-out?token=hunter2-secret", small), 200);
 
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
