@@ -418,11 +418,14 @@ impl ChunkedBody {
                     self.phase = ChunkPhase::DataEnd;
                 }
                 ChunkPhase::DataEnd => {
+                    // Checked byte by byte, so that a bare LF is rejected at
+                    // once instead of waiting for a second byte.
+                    let expected = &b"\r\n"[..rest.len().min(2)];
+                    if &rest[..expected.len()] != expected {
+                        return Err(bad_request("chunk data is not followed by CRLF"));
+                    }
                     if rest.len() < 2 {
                         return Ok(None);
-                    }
-                    if &rest[..2] != b"\r\n" {
-                        return Err(bad_request("chunk data is not followed by CRLF"));
                     }
                     *position += 2;
                     self.phase = ChunkPhase::Size;
@@ -598,6 +601,8 @@ mod tests {
         // Lines ending in a bare LF: a size line, and a trailer line.
         assert_eq!(decode(b"d\n{\"id\":\"ck07\"}\n0\n\n", 64, 1024).0, Err(400));
         assert_eq!(decode(b"0\r\nExpires: never\n\r\n", 64, 1024).0, Err(400));
+        // A bare LF after chunk data, with nothing after it yet.
+        assert_eq!(decode(b"2\r\n{}\n", 64, 1024).0, Err(400));
         let long_line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE + 10));
         assert_eq!(decode(long_line.as_bytes(), 64, 5).0, Err(400));
     }

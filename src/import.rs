@@ -151,15 +151,29 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let mut connection = store::open_existing(&args.db.db)?;
     let mut total = ImportSummary::default();
     let mut recent = RecentBodies::new(settings.window_ms);
+    // A summary that cannot be written does not stop the import: the
+    // first failure is reported, and the remaining files are imported.
+    let mut output_failure = None;
+    let mut report = |line: std::fmt::Arguments| {
+        if output_failure.is_none() {
+            if let Err(error) = print_line(line) {
+                eprintln!("dsevents: warning: {error:#}; importing the remaining files without their summaries");
+                output_failure = Some(error);
+            }
+        }
+    };
     for file in &args.files {
         let summary = import_file(&mut connection, file, &settings, &mut recent)?;
-        print_line(format_args!("{}: {}", file.display(), summary.describe(&settings)))?;
+        report(format_args!("{}: {}", file.display(), summary.describe(&settings)));
         total.add(&summary);
     }
     if args.files.len() > 1 {
-        print_line(format_args!("total: {}", total.describe(&settings)))?;
+        report(format_args!("total: {}", total.describe(&settings)));
     }
-    Ok(())
+    match output_failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 /// Reads `--duplicate-window`: 0 disables duplicate marking.

@@ -39,12 +39,14 @@ impl Format {
 /// Writes one line to standard output. After the reader has closed the
 /// pipe, as `head -1` does, the line is dropped instead of returned as an
 /// error, so a command still finishes its work and keeps its exit status.
-/// Other write errors, such as a full disk, are returned.
-pub fn print_line(line: std::fmt::Arguments) -> io::Result<()> {
+/// Other write errors, such as a full disk, are returned, and name
+/// standard output so that they are not taken for the database's.
+pub fn print_line(line: std::fmt::Arguments) -> anyhow::Result<()> {
     let mut stdout = io::stdout().lock();
     match writeln!(stdout, "{line}") {
         Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        other => other,
+        Err(error) => Err(anyhow::Error::new(error).context("failed to write to standard output")),
+        Ok(()) => Ok(()),
     }
 }
 

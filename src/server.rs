@@ -249,9 +249,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     let path = args.db.db.clone();
+    // Held until serve returns. Taken before SQLite opens an existing
+    // file, which may upgrade its schema under a running serve.
+    let early_lock = if path.exists() { Some(lock_for_serve(&path)?) } else { None };
     let connection = store::open_or_create(&path)?;
-    // Held until serve returns.
-    let _only_server = lock_for_serve(&path)?;
+    let _only_server = match early_lock {
+        Some(lock) => lock,
+        None => lock_for_serve(&path)?,
+    };
     let health = store::open_existing(&path)?;
 
     let metrics = Arc::new(Metrics::new(&path));
@@ -293,10 +298,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         catalog::KINDS.len(),
         if args.token.is_some() { "token" } else { "none" },
     );
-    // The one line on stdout, so scripts and tests can learn the port. The
-    // log has the address too, so serve goes on when the write fails.
+    // The one line on stdout, so scripts and tests can learn the port. When
+    // the write fails, serve goes on and logs the address instead.
     if let Err(error) = crate::output::print_line(format_args!("dsevents listening on http://{address}")) {
-        warn!("failed to write the listening address to standard output: {error}");
+        warn!("{error:#}; serving on http://{address} anyway");
     }
 
     http::serve(listener, app, limits, shutdown, Duration::from_secs(20))?;

@@ -633,3 +633,30 @@ fn closed_stdout_ends_commands_quietly() {
     assert_eq!(server.count("SELECT count(*) FROM email_bounces WHERE dsid IN ('p1', 'p2', 'p3')"), 3);
     assert!(std::path::Path::new(backup).exists(), "backup written");
 }
+
+#[test]
+fn full_stdout_named_and_import_finishes() {
+    let server = Server::start(&[]);
+    let db = server.db.to_str().unwrap().to_string();
+    let mut files = Vec::new();
+    for dsid in ["f1", "f2", "f3"] {
+        let file = server.dir.path().join(format!("{dsid}.ndjson"));
+        std::fs::write(&file, format!("{{\"dsid\":\"{dsid}\",\"email\":\"{dsid}@example.com\"}}\n")).unwrap();
+        files.push(file.to_str().unwrap().to_string());
+    }
+    let mut args = vec!["import", "--db", &db, "--kind", "email-bounced"];
+    args.extend(files.iter().map(String::as_str));
+
+    let output = std::process::Command::new(common::BIN)
+        .args(&args)
+        .env_remove("DSEVENTS_DB")
+        .stdout(std::fs::File::create("/dev/full").expect("open /dev/full"))
+        .output()
+        .expect("run dsevents");
+
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&args, &output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("failed to write to standard output"), "{stderr}");
+    assert!(stderr.contains("importing the remaining files"), "{stderr}");
+    assert_eq!(server.count("SELECT count(*) FROM email_bounces WHERE dsid IN ('f1', 'f2', 'f3')"), 3);
+}
