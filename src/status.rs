@@ -220,7 +220,7 @@ fn describe_duration(duration: chrono::Duration) -> String {
 /// what was not stored and the warnings.
 fn format_text(status: &Status) -> String {
     let mut text = String::new();
-    // Writing to a String cannot fail.
+    // fmt::Write for String never returns an error.
     let _ = writeln!(
         text,
         "database {} ({} bytes, WAL {} bytes), schema version {}, {} deliveries\n",

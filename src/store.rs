@@ -693,6 +693,21 @@ mod tests {
         receipts
     }
 
+    /// Returns two link ids, lower first, whose click bodies share the low
+    /// 32 bits of their 64-bit fingerprints. A few hundred thousand tries
+    /// suffice.
+    fn links_sharing_short_fingerprint() -> (String, String) {
+        let mut seen: HashMap<u32, usize> = HashMap::new();
+        let (first, second) = (0..1_000_000)
+            .find_map(|n| {
+                let delivery = click(&format!("lnk-{n}"), "2026-03-01T14:00:00.000Z");
+                let short = RecentBodies::key(&delivery.sha256, &delivery.kind) as u32;
+                seen.insert(short, n).map(|earlier| (earlier, n))
+            })
+            .expect("a shared fingerprint");
+        (format!("lnk-{first}"), format!("lnk-{second}"))
+    }
+
     fn click(id: &str, received_at: &str) -> Delivery {
         Delivery::new("link-clicked", format!(r#"{{"id":"{id}"}}"#).into_bytes(), None, received_at.to_string())
     }
@@ -892,15 +907,7 @@ mod tests {
     /// is stored as a new delivery.
     #[test]
     fn older_range_keeps_shared_fingerprint() {
-        let mut seen: HashMap<u32, usize> = HashMap::new();
-        let (older, newer) = (0..1_000_000)
-            .find_map(|n| {
-                let delivery = click(&format!("lnk-{n}"), "2026-03-01T14:00:00.000Z");
-                let short = RecentBodies::key(&delivery.sha256, &delivery.kind) as u32;
-                seen.insert(short, n).map(|earlier| (earlier, n))
-            })
-            .expect("a shared fingerprint");
-        let (older, newer) = (format!("lnk-{older}"), format!("lnk-{newer}"));
+        let (older, newer) = links_sharing_short_fingerprint();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.db");
         // serve: the two bodies that share a short fingerprint, 90 s apart.
@@ -935,17 +942,7 @@ mod tests {
         let mut connection = Connection::open_in_memory().unwrap();
         connection.execute_batch(SCHEMA_SQL).unwrap();
         let mut recent = RecentBodies::new(60_000);
-        // Find two link ids whose bodies share the low 32 bits of their
-        // 64-bit fingerprints; a few hundred thousand tries suffice.
-        let mut seen: HashMap<u32, usize> = HashMap::new();
-        let (first, second) = (0..1_000_000)
-            .find_map(|n| {
-                let delivery = click(&format!("lnk-{n}"), "2026-03-01T14:00:00.000Z");
-                let short = RecentBodies::key(&delivery.sha256, &delivery.kind) as u32;
-                seen.insert(short, n).map(|earlier| (earlier, n))
-            })
-            .expect("a shared fingerprint");
-        let (first, second) = (format!("lnk-{first}"), format!("lnk-{second}"));
+        let (first, second) = links_sharing_short_fingerprint();
         let receipts = write(
             &mut connection,
             &mut recent,

@@ -248,14 +248,14 @@ fn import_quarantines_body_without_kind_member() {
     // Replay cannot find the kind either, so it keeps import's reason.
     let replay = ok(&["replay", "--db", &db]);
     assert!(replay.contains("0 changed"), "{replay}");
-    let kept: (String, String) = server
+    let after_replay: (String, String) = server
         .db()
         .query_row("SELECT outcome, error FROM deliveries WHERE source = ?1", [format!("import {file}:#1")], |row| {
             Ok((row.get(0)?, row.get(1)?))
         })
         .unwrap();
-    assert_eq!(kept.0, "quarantined");
-    assert!(kept.1.contains("no member event"), "{}", kept.1);
+    assert_eq!(after_replay.0, "quarantined");
+    assert!(after_replay.1.contains("no member event"), "{}", after_replay.1);
 }
 
 #[test]

@@ -422,23 +422,23 @@ fn silent_connections_yield_slots() {
 #[test]
 fn busy_keep_alive_keeps_slot() {
     let server = Server::start(&["--max-connections", "1"]);
-    let mut kept = server.connect();
-    kept.set_read_timeout(Some(Duration::from_secs(5))).expect("set read timeout");
-    kept.write_all(&delivery_request("first")).expect("send first delivery");
-    assert_eq!(read_reply(&mut kept).expect("first reply").status, 200);
+    let mut keep_alive = server.connect();
+    keep_alive.set_read_timeout(Some(Duration::from_secs(5))).expect("set read timeout");
+    keep_alive.write_all(&delivery_request("first")).expect("send first delivery");
+    assert_eq!(read_reply(&mut keep_alive).expect("first reply").status, 200);
 
     // Within 1 s of its last response: not idle long enough to lose its slot.
-    let mut refused = server.connect();
-    refused.set_read_timeout(Some(Duration::from_secs(5))).expect("set read timeout");
-    assert_eq!(read_reply(&mut refused).expect("reply past the limit").status, 503);
+    let mut over_limit = server.connect();
+    over_limit.set_read_timeout(Some(Duration::from_secs(5))).expect("set read timeout");
+    assert_eq!(read_reply(&mut over_limit).expect("reply past the limit").status, 503);
 
     // Idle long enough, but its next request arrives just before a new
     // connection does.
     thread::sleep(Duration::from_millis(1200));
-    kept.write_all(&delivery_request("second")).expect("send second delivery");
-    let mut late = server.connect();
-    late.set_read_timeout(Some(Duration::from_secs(5))).expect("set read timeout");
-    assert_eq!(read_reply(&mut kept).expect("second reply on the kept connection").status, 200);
-    assert_eq!(read_reply(&mut late).expect("reply past the limit").status, 503);
+    keep_alive.write_all(&delivery_request("second")).expect("send second delivery");
+    let mut newcomer = server.connect();
+    newcomer.set_read_timeout(Some(Duration::from_secs(5))).expect("set read timeout");
+    assert_eq!(read_reply(&mut keep_alive).expect("second reply on the keep-alive connection").status, 200);
+    assert_eq!(read_reply(&mut newcomer).expect("reply past the limit").status, 503);
     assert_eq!(server.count("SELECT count(*) FROM deliveries"), 2);
 }

@@ -189,8 +189,8 @@ fn delivery_is_committed_before_answer() {
 
 #[test]
 fn port_in_use_creates_no_database() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("take a port");
-    let address = taken.local_addr().unwrap().to_string();
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").expect("take a port");
+    let address = occupied.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("never.db");
     let args = ["serve", "--listen", &address, "--db", db.to_str().unwrap()];

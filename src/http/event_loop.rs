@@ -801,9 +801,9 @@ impl EventLoop<'_> {
         false
     }
 
-    /// Closes connections between requests; the others close once their
-    /// current request is answered, as do those whose next request has
-    /// arrived unread.
+    /// Closes connections between requests. The others close once the
+    /// response to their current request is sent, as do those whose next
+    /// request has arrived unread.
     ///
     /// NOTE: a request that arrives between the peek and the close still
     /// gets a reset. No test reproduces the race reliably, so the peek here
